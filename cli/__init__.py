@@ -1,0 +1,1 @@
+"""The `pagoflow` command line."""

@@ -1,0 +1,5 @@
+"""Allows `python -m cli`."""
+
+from cli.app import main
+
+main()

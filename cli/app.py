@@ -1,0 +1,187 @@
+"""The `pagoflow` command: database, registry, sandbox, operator tools and the demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="pagoflow: a pagoPA intermediary platform on Prefect.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+db_app = typer.Typer(help="The platform database.", no_args_is_help=True)
+config_app = typer.Typer(help="The registry: broker, stations, ECs, applications, operators.",
+                         no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(config_app, name="config")
+
+console = Console()
+err = Console(stderr=True)
+
+EXAMPLE_REGISTRY = Path(__file__).resolve().parent.parent / "examples" / "registry.yaml"
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    """Create or migrate the database schema (SQLite or PostgreSQL, per PAGOFLOW_DATABASE_URL)."""
+    from models.migrate import upgrade
+
+    before, after = upgrade(revision=revision)
+    if before == after:
+        console.print(f"database already at revision {after}")
+    else:
+        console.print(f"database upgraded from {before or 'empty'} to {after}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the schema revision of the database and of the code."""
+    from models.migrate import current_revision, head_revision
+
+    console.print(f"database: {current_revision() or 'empty'}; code: {head_revision()}")
+
+
+def _load_registry_file(path: Path):  # type: ignore[no-untyped-def]
+    import yaml
+
+    from rules.registry import RegistryError, parse_registry
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        _fail(f"cannot read {path}: {exc.strerror}")
+    except yaml.YAMLError as exc:
+        _fail(f"{path} is not valid YAML: {exc}")
+    try:
+        return parse_registry(data)
+    except RegistryError as exc:
+        _fail(f"{path}: {exc}")
+
+
+def apply_registry_file(path: Path, *, dry_run: bool = False) -> str:
+    """Validate and apply a registry file; returns the report summary (used by the demo too)."""
+    from models.db import session_scope
+    from store.registry import apply_registry
+
+    spec = _load_registry_file(path)
+    with session_scope() as session:
+        report = apply_registry(session, spec=spec)
+        if dry_run:
+            session.rollback()
+    verdict = "nothing changed" if not report.changed else ("would change" if dry_run else "applied")
+    return f"{report.summary()}\n{verdict}"
+
+
+@config_app.command("apply")
+def config_apply(
+    file: Annotated[Path, typer.Argument(help="Registry YAML file.", exists=False)],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and show what would change.")] = False,
+) -> None:
+    """Upsert the registry from FILE, all or nothing; a second apply changes nothing and says so."""
+    console.print(apply_registry_file(file, dry_run=dry_run), highlight=False)
+
+
+_SHOW_COLUMNS = {
+    "broker": ["id_intermediario", "name"],
+    "station": ["id_stazione", "version", "publication", "reporting", "legacy_rpt", "checkout", "auth_method"],
+    "creditor": ["id_dominio", "name", "id_stazione", "aux_digit", "segregation_code", "application_code",
+                 "iuv_prefix", "cbill"],
+    "iban_account": ["id_dominio", "iban", "postal", "treasury"],
+    "organisational_unit": ["id_dominio", "code", "name"],
+    "debt_type": ["id_dominio", "code", "description", "iuv_prefix", "default_revenue_code"],
+    "revenue_type": ["id_dominio", "code", "iban", "accounting_type", "accounting_code"],
+    "application": ["id_a2a", "name", "principal", "own_iuv", "notification_url"],
+    "application_grant": ["id_a2a", "id_dominio", "debt_type"],
+    "operator": ["username", "full_name", "role", "all_creditors"],
+    "operator_grant": ["username", "id_dominio"],
+}
+
+
+@config_app.command("show")
+def config_show(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Print the registry as stored (credentials shown only as '(set)')."""
+    from models.db import session_scope
+    from store.registry import registry_snapshot
+
+    with session_scope() as session:
+        snapshot = registry_snapshot(session)
+    if as_json:
+        sys.stdout.write(json.dumps(snapshot, default=str, indent=2) + "\n")
+        return
+    for entity, rows in snapshot.items():
+        if not rows:
+            continue
+        table = Table(title=f"{entity} ({len(rows)})", title_justify="left")
+        columns = [c for c in _SHOW_COLUMNS.get(entity, list(rows[0])) if c in rows[0]]
+        for column in columns:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*["" if row[c] is None else str(row[c]) for c in columns])
+        console.print(table)
+
+
+@config_app.command("hash-secret")
+def config_hash_secret() -> None:
+    """Hash a password or API key (read from standard input) for the registry file."""
+    from rules.credentials import hash_secret
+
+    secret = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else typer.prompt(
+        "secret", hide_input=True, confirmation_prompt=True)
+    if not secret:
+        _fail("empty secret")
+    sys.stdout.write(hash_secret(secret) + "\n")
+
+
+@app.command("remittance")
+def remittance(text: Annotated[str, typer.Argument(help="Remittance text of a treasury movement.")]) -> None:
+    """Print what a remittance names: {"kind": flow|iuv|truncated|none, "reference", "integrative"}."""
+    from rules.remittance import parse_remittance
+
+    sys.stdout.write(json.dumps(parse_remittance(text).to_dict()) + "\n")
+
+
+@app.command("sandbox")
+def sandbox(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8090,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice (faults, ids).")] = 0,
+    config: Annotated[Path | None, typer.Option(help="Sandbox configuration file (JSON or YAML).")] = None,
+) -> None:
+    """Run the local pagoPA sandbox (GPD, ACA, PSP, FdR, Node SOAP, Checkout)."""
+    from sandbox.server import run
+
+    run(host=host, port=port, seed=seed, config_file=str(config) if config else None)
+
+
+@app.command("demo")
+def demo(
+    registry: Annotated[Path, typer.Option(help="Registry to apply.")] = EXAMPLE_REGISTRY,
+) -> None:
+    """The main job on the embedded default: create the database, apply the example registry, show it."""
+    from models.migrate import upgrade
+    from models.settings import get_settings
+
+    settings = get_settings()
+    console.print(f"database: {settings.database_url}", highlight=False)
+    before, after = upgrade()
+    console.print(f"schema: {before or 'empty'} -> {after}")
+    console.print(apply_registry_file(registry), highlight=False)
+    config_show(as_json=False)
+
+
+def main() -> None:
+    """Console entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Every conversation with the outside world, one subpackage per counterpart."""

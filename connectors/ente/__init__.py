@@ -1,0 +1,1 @@
+"""The EC's own applications: receipt notifications over HTTP."""

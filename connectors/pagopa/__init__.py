@@ -1,0 +1,1 @@
+"""pagoPA: Node SOAP (zeep) and REST (GPD, ACA, FdR, receipts, Checkout) via httpx."""

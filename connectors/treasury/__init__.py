@@ -1,0 +1,1 @@
+"""The treasury bank: SFTP (paramiko) and the account-journal file formats."""

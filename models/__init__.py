@@ -1,0 +1,1 @@
+"""Data only: SQLModel tables and enums, the engine and session, settings and schema migrations."""

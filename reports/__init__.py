@@ -1,0 +1,1 @@
+"""Templates and renderers: payment notices, receipts, reconciliation and anomaly reports."""

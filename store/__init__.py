@@ -1,0 +1,1 @@
+"""Persistence functions: keyword-only arguments, an explicit session, never a session of their own."""

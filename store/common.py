@@ -1,0 +1,22 @@
+"""Small persistence helpers shared by the store modules (dialect-aware upserts)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, SQLModel
+
+
+def insert_ignore(session: Session, *, model: type[SQLModel], rows: Sequence[dict[str, Any]],
+                  keys: Sequence[str]) -> int:
+    """Insert rows, silently skipping those whose unique key ``keys`` already exists; returns rows inserted."""
+    if not rows:
+        return 0
+    table = model.__table__  # type: ignore[attr-defined]
+    dialect = session.get_bind().dialect.name
+    builder = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = builder(table).values(list(rows)).on_conflict_do_nothing(index_elements=list(keys))
+    result = session.execute(stmt)
+    return int(result.rowcount or 0)

@@ -1,0 +1,1 @@
+"""Prefect tasks: one unit of database or connector work over a batch."""
