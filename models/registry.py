@@ -229,3 +229,25 @@ class RegistryAudit(SQLModel, table=True):
     key: str = Field(max_length=200)
     action: str = Field(max_length=16)
     changes: Any = json_field()
+
+
+class TreasurySource(SQLModel, table=True):
+    """Where an EC's treasury bank drops the account journal (an SFTP directory) and in which format."""
+
+    __tablename__ = "treasury_source"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=80, unique=True, index=True)
+    id_dominio: str = Field(foreign_key="creditor.id_dominio", max_length=11, index=True)
+    account: str = Field(max_length=34)
+    host: str = Field(max_length=255)
+    port: int = Field(default=22)
+    username: str = Field(max_length=140)
+    password_ref: str | None = Field(default=None, max_length=200)
+    private_key_ref: str | None = Field(default=None, max_length=200)
+    known_hosts: str = Field(max_length=500)
+    remote_dir: str = Field(default=".", max_length=500)
+    pattern: str = Field(default="*", max_length=200)
+    archive_dir: str | None = Field(default=None, max_length=500)
+    format: str | None = Field(default=None, max_length=16)
+    csv_mapping: Any = json_field()
+    enabled: bool = Field(default=True)

@@ -216,6 +216,40 @@ class OperatorSpec(_Spec):
         return value
 
 
+class TreasurySourceSpec(_Spec):
+    """An SFTP directory where the treasury bank drops an EC's account journal."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-.]{1,80}$")
+    id_dominio: str = Field(pattern=r"^[0-9]{11}$")
+    account: str
+    host: str = Field(min_length=1, max_length=255)
+    port: int = Field(default=22, ge=1, le=65535)
+    username: str = Field(min_length=1, max_length=140)
+    password_ref: str | None = Field(default=None, pattern=_SECRET_REF)
+    private_key_ref: str | None = Field(default=None, pattern=_SECRET_REF)
+    known_hosts: str = Field(min_length=1, description="known_hosts file that pins the server's host key")
+    remote_dir: str = "."
+    pattern: str = "*"
+    archive_dir: str | None = None
+    format: Literal["OPI", "CBI_RH", "CAMT053", "CAMT054", "MT940", "CSV"] | None = None
+    csv_mapping: dict[str, Any] | None = None
+    enabled: bool = True
+
+    @field_validator("account")
+    @classmethod
+    def _iban(cls, value: str) -> str:
+        try:
+            return validate_iban(value)
+        except IdentifierError as exc:
+            raise ValueError(str(exc)) from exc
+
+    @model_validator(mode="after")
+    def _credentials(self) -> TreasurySourceSpec:
+        if not self.password_ref and not self.private_key_ref:
+            raise ValueError("password_ref or private_key_ref: one is required")
+        return self
+
+
 class RegistrySpec(_Spec):
     """The whole registry file."""
 
@@ -224,6 +258,7 @@ class RegistrySpec(_Spec):
     creditors: list[CreditorSpec] = Field(default_factory=list)
     applications: list[ApplicationSpec] = Field(default_factory=list)
     operators: list[OperatorSpec] = Field(default_factory=list)
+    treasury_sources: list[TreasurySourceSpec] = Field(default_factory=list)
 
 
 def _unique(items: list[Any], attr: str, where: str) -> None:
@@ -323,6 +358,13 @@ def cross_check(spec: RegistrySpec) -> list[tuple[str, str, str]]:
             for code in grant.debt_types:
                 if code != "*" and code not in known:
                     problems.append((entry, f"grants[{j}].debt_types", f"unknown debt type {code!r}"))
+    for i, source in enumerate(spec.treasury_sources):
+        entry = f"treasury_sources[{i}] ({source.name})"
+        creditor = creditors.get(source.id_dominio)
+        if creditor is None:
+            problems.append((entry, "id_dominio", f"unknown EC {source.id_dominio}"))
+        elif source.account not in {a.iban for a in creditor.ibans}:
+            problems.append((entry, "account", f"{source.account} is not one of the EC's ibans"))
     for i, op in enumerate(spec.operators):
         for code in op.creditors:
             if code not in creditors:

@@ -21,6 +21,7 @@ from models.registry import (
     RegistryAudit,
     RevenueType,
     Station,
+    TreasurySource,
 )
 from models.types import utcnow
 from rules.identifiers import is_postal_iban
@@ -176,6 +177,13 @@ def apply_registry(session: Session, *, spec: RegistrySpec, actor: str = "config
             "all_creditors": op.all_creditors, "enabled": op.enabled})
         session.flush()
         a.sync_set(OperatorGrant, {"username": op.username}, [{"id_dominio": c} for c in op.creditors])
+    for src in spec.treasury_sources:
+        a.sync(TreasurySource, {"name": src.name}, {
+            "id_dominio": src.id_dominio, "account": src.account, "host": src.host, "port": src.port,
+            "username": src.username, "password_ref": src.password_ref, "private_key_ref": src.private_key_ref,
+            "known_hosts": src.known_hosts, "remote_dir": src.remote_dir, "pattern": src.pattern,
+            "archive_dir": src.archive_dir, "format": src.format, "csv_mapping": src.csv_mapping,
+            "enabled": src.enabled})
     session.flush()
     return a.report
 
@@ -184,7 +192,7 @@ def registry_snapshot(session: Session) -> dict[str, list[dict[str, Any]]]:
     """The registry as stored, entity by entity, without credentials (for `pagoflow config show`)."""
     out: dict[str, list[dict[str, Any]]] = {}
     for model in (Broker, Station, Creditor, IbanAccount, OrganisationalUnit, DebtType, RevenueType, Application,
-                  ApplicationGrant, Operator, OperatorGrant):
+                  ApplicationGrant, Operator, OperatorGrant, TreasurySource):
         rows = session.exec(select(model)).all()
         out[model.__tablename__] = [  # type: ignore[attr-defined]
             {k: ("(set)" if v and k.endswith("_hash") else v) for k, v in r.model_dump().items()

@@ -102,3 +102,25 @@ def sqlite_db(_databases: dict[str, Database]) -> Database:
     database = _databases["sqlite"]
     database.truncate()
     return database
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One temporary Prefect server for the whole session, for the tests that run flows."""
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        PREFECT_LOCAL_STORAGE_PATH,
+        PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW,
+        temporary_settings,
+    )
+    from prefect.testing.utilities import prefect_test_harness
+
+    storage = tmp_path_factory.mktemp("prefect-storage")
+    with temporary_settings(
+        updates={PREFECT_LOCAL_STORAGE_PATH: str(storage), PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore",
+                 PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None},
+        restore_defaults={PREFECT_API_URL},
+    ):
+        with prefect_test_harness(server_startup_timeout=120):
+            yield

@@ -72,6 +72,9 @@ def test_a_changed_value_is_updated_and_audited(db: Database) -> None:
         (lambda d: d["operators"][1].update(creditors=["99999999999"]), "operators[1] (operatore.comune)",
          "creditors"),
         (lambda d: d["creditors"][0].update(colour="blue"), "creditors[0] (01234567897)", "colour"),
+        (lambda d: d["treasury_sources"][0].update(account="IT65X0306909606000000654321"),
+         "treasury_sources[0] (comune-tesoreria)", "account"),
+        (lambda d: d["treasury_sources"][0].update(password_ref=None), "treasury_sources[0] (comune-tesoreria)", ""),
     ],
 )
 def test_invalid_registry_names_entry_and_field(mutate, entry: str, field: str) -> None:  # type: ignore[no-untyped-def]
@@ -92,6 +95,7 @@ def test_checksum_failure_of_an_ec_code_is_not_an_error() -> None:
             if grant["id_dominio"] == "01234567897":
                 grant["id_dominio"] = "77777777777"
     data["operators"][1]["creditors"] = ["77777777777"]
+    data["treasury_sources"][0]["id_dominio"] = "77777777777"
     assert parse_registry(data).creditors[0].id_dominio == "77777777777"
 
 
