@@ -270,6 +270,10 @@ def _unique(items: list[Any], attr: str, where: str) -> None:
         seen.add(key)
 
 
+_ENTRY_KEYS = {"stations": "id_stazione", "creditors": "id_dominio", "applications": "id_a2a",
+               "operators": "username", "treasury_sources": "name"}
+
+
 def _entry_name(data: Any, loc: tuple[Any, ...]) -> tuple[str, str]:
     """Turn a pydantic location into ('creditors[1] (01234567890)', 'ibans[0].iban')."""
     if not loc:
