@@ -283,7 +283,7 @@ def _entry_name(data: Any, loc: tuple[Any, ...]) -> tuple[str, str]:
         entry = f"{section}[{loc[1]}]"
         try:
             raw = data[section][loc[1]]
-            key = next((raw[k] for k in ("id_dominio", "id_stazione", "id_a2a", "username") if k in raw), None)
+            key = raw.get(_ENTRY_KEYS.get(section, ""))
             if key is not None:
                 entry += f" ({key})"
         except (KeyError, IndexError, TypeError):
