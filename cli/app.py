@@ -162,6 +162,18 @@ def sandbox(
     run(host=host, port=port, seed=seed, config_file=str(config) if config else None)
 
 
+@app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+) -> None:
+    """Run the web process: the GovPay-compatible API (and the station) over HTTP."""
+    import uvicorn
+
+    uvicorn.run("web.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="info")
+
+
 @app.command("demo")
 def demo(
     registry: Annotated[Path, typer.Option(help="Registry to apply.")] = EXAMPLE_REGISTRY,

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
         description="When the event journal stores payloads: always, never or on_error.",
     )
     journal_payload_max_bytes: int = Field(default=256_000, ge=0)
+    api_base_path: str = Field(
+        default="/api/pendenze/v2",
+        description="Where the GovPay-compatible API Pendenze is mounted (a GovPay client changes only its base URL).",
+    )
     work_dir: Path = Field(default=Path("var"), description="Where outcome files, notices and reports go.")
     secret_key: SecretStr | None = Field(default=None, description="Key for signing sessions (console).")
 

@@ -1,0 +1,20 @@
+"""The web process: the GovPay-compatible REST API (and, later, the SOAP station) in one FastAPI app."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from models.settings import get_settings
+from web.errors import install_error_handlers
+from web.pendenze import router as pendenze_router
+
+
+def create_app() -> FastAPI:
+    """The application, with the API Pendenze mounted under the configured base path."""
+    settings = get_settings()
+    base = "/" + settings.api_base_path.strip("/") if settings.api_base_path.strip("/") else ""
+    app = FastAPI(title="pagoflow", version="0.1.0", openapi_url="/openapi.json",
+                  description="GovPay-compatible API Pendenze v2 and the pagoPA station of pagoflow.")
+    install_error_handlers(app)
+    app.include_router(pendenze_router, prefix=base, tags=["pendenze"])
+    return app
