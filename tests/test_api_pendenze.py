@@ -153,7 +153,7 @@ def test_annul_then_restore_and_annul_of_paid(api: str, db: Database) -> None:
         assert r.json()["descrizioneStato"] == "Richiesta del contribuente"
         r = c.patch("/pendenze/A2A-TRIBUTI/P-A", json=[{"op": "REPLACE", "path": "/stato", "value": "NON_ESEGUITA"}])
         assert r.json()["stato"] == "NON_ESEGUITA"
-        c.put("/pendenze/A2A-TRIBUTI/P-PAID", json=pendenza())
+        assert c.put("/pendenze/A2A-TRIBUTI/P-PAID", json=pendenza()).status_code == 201
     from sqlmodel import select
 
     from models.positions import Position

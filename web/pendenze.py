@@ -45,7 +45,8 @@ def db_session() -> Iterator[Session]:
         session.commit()
 
 
-SessionDep = Annotated[Session, Depends(db_session)]
+# scope="function": commit before the answer leaves, so a client that got 2xx always reads its own write.
+SessionDep = Annotated[Session, Depends(db_session, scope="function")]
 
 
 def principal(request: Request, session: SessionDep) -> Principal:
