@@ -1,5 +1,5 @@
 """A local pagoPA: GPD/ACA, a paying PSP, receipts, FdR, legacy RPT/RT, Checkout and treasury journals.
 
-Helpers building the sandbox: the shared contract (the "SANDBOX_CONTRACT_PLACEHOLDER" of your instructions)
-is in sandbox/CONTRACT.md; read it before anything else.
+A separate actor: it shares no tables or code paths with the platform (it reads only the specs path from
+models.settings and parses XML with rules.xmlsafe). See sandbox/README.md.
 """
