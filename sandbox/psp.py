@@ -284,8 +284,9 @@ def build_receipt_request(
     sub(receipt, "paymentAmount", soap.amount(data.amount))
     sub(receipt, "description", _clip(data.description, 140) or data.iuv)
     sub(receipt, "companyName", _clip(data.company_name, 140) or data.ec_fiscal_code)
-    if data.office_name:
-        sub(receipt, "officeName", _clip(data.office_name, 140))
+    office = _clip(data.office_name, 140)
+    if office:
+        sub(receipt, "officeName", office)
     subject_element(receipt, "debtor", data.debtor)
     transfer_list = sub(receipt, "transferList")
     for transfer in data.transfers:
@@ -294,8 +295,9 @@ def build_receipt_request(
         sub(item, "transferAmount", soap.amount(transfer.amount))
         sub(item, "fiscalCodePA", transfer.fiscal_code_pa)
         if v2:
-            if transfer.company_name:
-                sub(item, "companyName", _clip(transfer.company_name, 140))
+            transfer_company = _clip(transfer.company_name, 140)
+            if transfer_company:
+                sub(item, "companyName", transfer_company)
             if transfer.stamp:
                 sub(item, "MBDAttachment", mbd_attachment(transfer, facts.receipt_id))
             else:
@@ -1143,12 +1145,14 @@ def verify_answer(info: VerifyInfo, *, fiscal_code: str) -> etree._Element:
     sub(option, "options", "EQ")
     if info.due_date:
         sub(option, "dueDate", info.due_date.isoformat())
-    if info.description:
-        sub(element, "paymentDescription", info.description[:210])
+    description = _clip(info.description, 210)
+    if description:
+        sub(element, "paymentDescription", description)
     sub(element, "fiscalCodePA", fiscal_code)
     sub(element, "companyName", _clip(info.company_name, 140) or fiscal_code)
-    if info.office_name:
-        sub(element, "officeName", _clip(info.office_name, 140))
+    office = _clip(info.office_name, 140)
+    if office:
+        sub(element, "officeName", office)
     sub(element, "standin", "true" if info.mode == "standin" else "false")
     return element
 
