@@ -132,13 +132,15 @@ class Collection(SQLModel, table=True):
 
     __tablename__ = "collection"
     __table_args__ = (
+        # A receipt-born collection is identified by its receipt and transfer; the IUR arrives with the flow.
+        UniqueConstraint("receipt_pk", "transfer_index", name="uq_collection_receipt"),
         UniqueConstraint("id_dominio", "iuv", "iur", "transfer_index", name="uq_collection"),
         Index("ix_collection_state", "id_dominio", "state"),
     )
     id: int | None = Field(default=None, primary_key=True)
     id_dominio: str = Field(max_length=11)
     iuv: str = Field(max_length=35)
-    iur: str = Field(max_length=35)
+    iur: str | None = Field(default=None, max_length=35)
     transfer_index: int
     receipt_pk: int | None = Field(default=None, foreign_key="receipt.id", index=True)
     position_id: int | None = Field(default=None, foreign_key="position.id", index=True)
