@@ -59,6 +59,11 @@ class Settings(BaseSettings):
         default="/api/pendenze/v2",
         description="Where the GovPay-compatible API Pendenze is mounted (a GovPay client changes only its base URL).",
     )
+    station_path: str = Field(
+        default="/pagopa/paForNode",
+        description="Where the paForNode SOAP station listens (the URL registered at pagoPA for the stations).",
+    )
+    registry_cache_seconds: float = Field(default=30.0, ge=0, description="How long the web process caches the registry.")
     work_dir: Path = Field(default=Path("var"), description="Where outcome files, notices and reports go.")
     secret_key: SecretStr | None = Field(default=None, description="Key for signing sessions (console).")
 

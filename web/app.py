@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from models.settings import get_settings
 from web.errors import install_error_handlers
 from web.pendenze import router as pendenze_router
+from web.station import router as station_router
 
 
 def create_app() -> FastAPI:
@@ -17,4 +18,5 @@ def create_app() -> FastAPI:
                   description="GovPay-compatible API Pendenze v2 and the pagoPA station of pagoflow.")
     install_error_handlers(app)
     app.include_router(pendenze_router, prefix=base, tags=["pendenze"])
+    app.include_router(station_router, prefix="/" + settings.station_path.strip("/"), tags=["station"])
     return app

@@ -137,7 +137,9 @@ def _creditor_name(session: Session, id_dominio: str) -> str | None:
 def _full_json(session: Session, position: Position) -> dict[str, Any]:
     attempts = session.exec(select(PaymentAttempt).where(PaymentAttempt.position_id == position.id)
                             .order_by(PaymentAttempt.id)).all()
-    receipts = session.exec(select(Receipt).where(Receipt.position_id == position.id).order_by(Receipt.id)).all()
+    receipts = session.exec(select(Receipt).where(Receipt.position_id == position.id,
+                                                  Receipt.id_dominio == position.id_dominio)
+                            .order_by(Receipt.id)).all()
     items = items_of(session, position_ids=[position.id or 0])[position.id or 0]
     return position_json(position, items=items, creditor_name=_creditor_name(session, position.id_dominio),
                          today=date.today(), attempts=list(attempts), receipts=list(receipts))
