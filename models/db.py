@@ -10,6 +10,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, create_engine
 
+import models.tables  # noqa: F401  (every table known before any session: foreign keys span modules)
 from models.settings import get_settings
 
 

@@ -5,6 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+ROME = ZoneInfo("Europe/Rome")
+
+
+def parse_pagopa_datetime(value: str) -> datetime:
+    """A pagoPA timestamp as aware UTC; pagoPA writes local Italian time when it gives no offset."""
+    parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=ROME)
+    return parsed.astimezone(ZoneInfo("UTC"))
 
 
 @dataclass(frozen=True)

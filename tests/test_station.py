@@ -199,3 +199,13 @@ def test_answers_are_valid_against_the_schema(env: PlatformEnv, db: Database) ->
     transfer = soap.find(data, "transferList", "transfer")
     assert soap.text(transfer, "remittanceInformation") == f"/RFB/{position.iuv}/25.00/TXT/Quota"
     assert etree.QName(payload).localname == "paGetPaymentV2Response"
+
+
+def test_receipt_times_without_offset_are_italian_local_time() -> None:
+    from datetime import UTC, datetime
+
+    from rules.receipts import parse_pagopa_datetime
+
+    assert parse_pagopa_datetime("2026-07-01T12:00:00") == datetime(2026, 7, 1, 10, 0, tzinfo=UTC)
+    assert parse_pagopa_datetime("2026-01-15T12:00:00") == datetime(2026, 1, 15, 11, 0, tzinfo=UTC)
+    assert parse_pagopa_datetime("2026-07-01T12:00:00Z") == datetime(2026, 7, 1, 12, 0, tzinfo=UTC)

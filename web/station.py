@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from decimal import Decimal, InvalidOperation
 
 from fastapi import APIRouter, Request, Response
@@ -23,7 +23,7 @@ from models.payments import ReceiptSource
 from models.positions import Position, PositionItem
 from models.registry import Broker, Creditor, DebtType, Station
 from models.settings import get_settings
-from rules.receipts import ReceiptIn, ReceiptTransfer
+from rules.receipts import ReceiptIn, ReceiptTransfer, parse_pagopa_datetime
 from rules.station import (
     FAR_DUE_DATE,
     StationFault,
@@ -302,7 +302,7 @@ def _receipt_in(payload: etree._Element, *, id_pa: str, raw: bytes) -> ReceiptIn
         psp_name=soap.text(r, "PSPCompanyName"), channel_id=soap.text(r, "idChannel"),
         payment_method=soap.text(r, "paymentMethod"), payment_note=soap.text(r, "paymentNote"),
         fee=_decimal(soap.text(r, "fee")),
-        payment_at=datetime.fromisoformat(paid_at.replace("Z", "+00:00")) if paid_at else None,
+        payment_at=parse_pagopa_datetime(paid_at) if paid_at else None,
         standin=(soap.text(r, "standIn") or "false") == "true",
         payload=raw.decode("utf-8", errors="replace"), payload_format="XML",
     )
