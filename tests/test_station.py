@@ -209,3 +209,29 @@ def test_receipt_times_without_offset_are_italian_local_time() -> None:
     assert parse_pagopa_datetime("2026-07-01T12:00:00") == datetime(2026, 7, 1, 10, 0, tzinfo=UTC)
     assert parse_pagopa_datetime("2026-01-15T12:00:00") == datetime(2026, 1, 15, 11, 0, tzinfo=UTC)
     assert parse_pagopa_datetime("2026-07-01T12:00:00Z") == datetime(2026, 7, 1, 12, 0, tzinfo=UTC)
+
+
+def test_receipt_as_json_xml_and_pdf(env: PlatformEnv, db: Database) -> None:
+    import io
+
+    from pypdf import PdfReader
+
+    position = make_position(db, "RPP")
+    answer = env.pay(position.nav or "", COMUNE)
+    rid = answer["receiptId"]
+    url = f"/rpp/{COMUNE}/{position.iuv}/{rid}/rt"
+    with httpx.Client(base_url=env.platform_url + "/api/pendenze/v2",
+                      auth=("gestionale-tributi", "demo-tributi-password")) as api:
+        as_json = api.get(url).json()
+        assert as_json["idRicevuta"] == rid and as_json["importo"] == 25.0
+        assert as_json["pendenza"]["idPendenza"] == "RPP" and as_json["riscossioni"][0]["indice"] == 1
+        xml = api.get(url, headers={"Accept": "application/xml"})
+        payload = soap.body_payload(xml.content)
+        assert soap.text(payload, "receipt", "receiptId") == rid and soap.schema_errors(payload) == []
+        pdf = api.get(url, headers={"Accept": "application/pdf"})
+        text = PdfReader(io.BytesIO(pdf.content)).pages[0].extract_text()
+        assert "RICEVUTA DI PAGAMENTO" in text and rid in text and "25,00" in text and "Mario Rossi" in text
+        assert api.get(f"/rpp/{COMUNE}/{position.iuv}/nope/rt").status_code == 404
+    with httpx.Client(base_url=env.platform_url + "/api/pendenze/v2",
+                      auth=("gestionale-scuola", "demo-scuola-password")) as other:
+        assert other.get(url).status_code == 403

@@ -33,7 +33,7 @@ from store.positions import (
     upsert_positions,
 )
 from web.auth import Principal, authenticate
-from web.errors import forbidden, not_found
+from web.errors import ApiError, forbidden, not_found
 
 router = APIRouter()
 
@@ -297,3 +297,64 @@ def get_documento_avvisi(idDominio: str, numeroDocumento: str, session: SessionD
     live = [p for p in positions if p.state != "ANNULLATA"] or positions
     return Response(_notice_pdf(session, live), media_type="application/pdf",
                     headers={"Content-Disposition": f'inline; filename="{idDominio}_{numeroDocumento}.pdf"'})
+
+
+def _receipt_json(receipt: Receipt, position: Position | None, collections: list[Any]) -> dict[str, Any]:
+    return {
+        "idDominio": receipt.id_dominio, "iuv": receipt.iuv, "idRicevuta": receipt.receipt_id,
+        "numeroAvviso": receipt.nav, "esito": receipt.outcome, "stato": receipt.state, "importo": _money(receipt.amount),
+        "commissioni": _money(receipt.fee), "dataPagamento": receipt.payment_at.isoformat() if receipt.payment_at
+        else None, "psp": {"idPsp": receipt.psp_id, "ragioneSociale": receipt.psp_name, "idCanale": receipt.channel_id},
+        "tipoVersamento": receipt.payment_method, "standIn": receipt.standin,
+        "debitore": {"identificativo": receipt.debtor_id}, "versante": {"identificativo": receipt.payer_id,
+                                                                      "anagrafica": receipt.payer_name},
+        "pendenza": {"idA2A": position.id_a2a, "idPendenza": position.id_pendenza, "causale": position.causale}
+        if position else None,
+        "riscossioni": [{"indice": c.transfer_index, "importo": _money(c.amount), "iban": c.iban, "iur": c.iur,
+                         "stato": c.state} for c in collections],
+    }
+
+
+@router.get("/rpp/{idDominio}/{iuv}/{ccp}/rt", response_model=None)
+def get_receipt(idDominio: str, iuv: str, ccp: str, request: Request, session: SessionDep,
+                who: PrincipalDep) -> Response | dict[str, Any]:
+    """A receipt (ccp = receiptId) as XML (as pagoPA sent it), JSON, or PDF, by the Accept header."""
+    from models.payments import Collection
+    from reports.receipt import ReceiptContext, ReceiptLine, render_receipt_pdf
+    from web.soap import body_payload, envelope
+
+    receipt = session.exec(select(Receipt).where(Receipt.id_dominio == idDominio, Receipt.iuv == iuv,
+                                                 Receipt.receipt_id == ccp)).first()
+    if receipt is None:
+        raise not_found("Ricevuta")
+    position = session.get(Position, receipt.position_id) if receipt.position_id else None
+    if position is not None:
+        _visible(who, position)
+    elif not who.can_see(idDominio) or who.kind == "application":
+        raise forbidden("ricevuta non associata a una pendenza visibile")
+    accept = request.headers.get("accept", "")
+    if "application/xml" in accept or "text/xml" in accept:
+        if receipt.payload_format != "XML" or not receipt.payload:
+            raise ApiError(406, "RICHIESTA", "406000", "Ricevuta non disponibile in XML",
+                           "la ricevuta e' stata recuperata in JSON")
+        payload = body_payload(receipt.payload.encode("utf-8"))
+        return Response(envelope(payload), media_type="application/xml")
+    collections = list(session.exec(select(Collection).where(Collection.receipt_pk == receipt.id)
+                                    .order_by(Collection.transfer_index)).all())
+    if "application/pdf" in accept:
+        creditor = session.exec(select(Creditor).where(Creditor.id_dominio == idDominio)).first()
+        names = {c.id_dominio: c.name for c in session.exec(select(Creditor)).all()}
+        items = items_of(session, position_ids=[position.id or 0])[position.id or 0] if position else []
+        ctx = ReceiptContext(
+            creditor_name=creditor.name if creditor else idDominio, creditor_fiscal_code=idDominio,
+            receipt_id=receipt.receipt_id, iuv=receipt.iuv, nav=receipt.nav,
+            reason=position.causale if position else "", amount=receipt.amount, fee=receipt.fee,
+            paid_at=receipt.payment_at, psp=receipt.psp_name or receipt.psp_id or "-",
+            debtor=f"{position.debtor_name} ({position.debtor_id})" if position else (receipt.debtor_id or "-"),
+            payer=receipt.payer_name, outcome=receipt.outcome,
+            lines=tuple(ReceiptLine(index=i.item_index, description=i.description,
+                                    beneficiary=names.get(i.id_dominio, i.id_dominio), amount=i.amount)
+                        for i in items))
+        return Response(render_receipt_pdf(ctx), media_type="application/pdf",
+                        headers={"Content-Disposition": f'inline; filename="ricevuta_{iuv}.pdf"'})
+    return _receipt_json(receipt, position, collections)
