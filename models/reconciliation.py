@@ -35,6 +35,7 @@ class Reconciliation(SQLModel, table=True):
     amount: Decimal = money_field()
     value_date: date | None = Field(default=None)
     id_flusso: str | None = Field(default=None, max_length=35)
+    flow_id: int | None = Field(default=None, foreign_key="reporting_flow.id", index=True)
     iuv: str | None = Field(default=None, max_length=35)
     state: str = enum_field(ReconciliationState, default=ReconciliationState.IN_ELABORAZIONE)
     outcome_code: str | None = Field(default=None, max_length=6)
@@ -59,11 +60,14 @@ class Label(StrEnum):
 
 
 class TransferLabel(SQLModel, table=True):
-    """The current label of one subject (a transfer, a flow or a movement), recomputed as inputs arrive."""
+    """A current label of one subject (a transfer, a flow or a movement), recomputed as inputs arrive.
+
+    A subject may carry several labels at once (a reported and cashed transfer is RT_IUF and RT_IUF_TES).
+    """
 
     __tablename__ = "transfer_label"
     __table_args__ = (
-        UniqueConstraint("id_dominio", "subject", "subject_key", name="uq_transfer_label"),
+        UniqueConstraint("id_dominio", "subject", "subject_key", "label", name="uq_transfer_label"),
         Index("ix_transfer_label", "id_dominio", "label"),
     )
     id: int | None = Field(default=None, primary_key=True)
