@@ -18,5 +18,5 @@ def insert_ignore(session: Session, *, model: type[SQLModel], rows: Sequence[dic
     dialect = session.get_bind().dialect.name
     builder = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = builder(table).values(list(rows)).on_conflict_do_nothing(index_elements=list(keys))
-    result = session.execute(stmt)
-    return int(result.rowcount or 0)
+    # RETURNING lists only the rows really inserted; rowcount is not reliable for multi-row inserts on every driver
+    return len(session.execute(stmt.returning(table.c[keys[0]])).all())

@@ -172,8 +172,8 @@ def test_camt_sample_matches_its_xml(path: Path) -> None:
             assert line in movement.remittance
         refs = entry.xpath(".//*[local-name()='EndToEndId']/text()")
         assert movement.end_to_end_id == (refs[0] if len(set(refs)) == 1 else None)
-        ntry_ref = entry.xpath("./*[local-name()='NtryRef']/text()")
-        assert movement.bank_movement_id == (ntry_ref[0] if ntry_ref else None)
+        servicer_ref = entry.xpath("./*[local-name()='AcctSvcrRef']/text()")
+        assert movement.bank_movement_id == (servicer_ref[0] if servicer_ref else None)
         value_date = entry.xpath("./*[local-name()='ValDt']/*[local-name()='Dt']/text()")
         assert movement.value_date == date.fromisoformat(value_date[0])
     iban = root.xpath("//*[local-name()='Stmt' or local-name()='Ntfctn']/*[local-name()='Acct']//text()")

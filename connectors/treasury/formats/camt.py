@@ -148,7 +148,8 @@ def _movement(entry: etree._Element, *, ordinal: int, account: str | None, sourc
         ordering_party=counterparty,
         end_to_end_id=end_to_end.pop() if len(end_to_end) == 1 else None,
         bank_reference=bank_reference,
-        bank_movement_id=_text(entry, "NtryRef"),
+        # NtryRef numbers entries within one statement only; the entry's AcctSvcrRef is the bank's own id
+        bank_movement_id=_text(entry, "AcctSvcrRef"),
         reversal=reversal,
         kind=kind or None,
         status=status,
