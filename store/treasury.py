@@ -11,7 +11,7 @@ from sqlalchemy import Table
 from sqlalchemy.dialects import sqlite
 from sqlmodel import Session, SQLModel, col, select
 
-from connectors.treasury.movement import Movement, TreasuryFormat
+from connectors.treasury.movement import Movement
 from models.registry import TreasurySource
 from models.treasury import MovementMatch, TreasuryFile, TreasuryFileState, TreasuryMovement
 from models.types import utcnow
