@@ -162,6 +162,50 @@ def sandbox(
     run(host=host, port=port, seed=seed, config_file=str(config) if config else None)
 
 
+@app.command("journal")
+def journal(
+    iuv: Annotated[str | None, typer.Option(help="IUV (creditor reference).")] = None,
+    nav: Annotated[str | None, typer.Option("--avviso", help="Notice number (NAV).")] = None,
+    flusso: Annotated[str | None, typer.Option(help="Reporting flow id (idFlusso).")] = None,
+    ricevuta: Annotated[str | None, typer.Option(help="Receipt id.")] = None,
+    file: Annotated[str | None, typer.Option(help="File name (treasury or bulk).")] = None,
+    dominio: Annotated[str | None, typer.Option(help="EC fiscal code.")] = None,
+    component: Annotated[str | None, typer.Option(help="station, gpd, fdr, nodo, sftp, ente, ...")] = None,
+    outcome: Annotated[str | None, typer.Option(help="OK, KO or FAIL.")] = None,
+    day: Annotated[str | None, typer.Option("--date", help="Day (YYYY-MM-DD, Italian time).")] = None,
+    payloads: Annotated[bool, typer.Option(help="Show the stored payloads too.")] = False,
+    limit: Annotated[int, typer.Option(help="At most this many events.")] = 200,
+) -> None:
+    """Search the event journal: what happened to this payment, flow or file?"""
+    from datetime import date as _date
+
+    from models.db import session_scope
+    from store.journal import JournalQuery, search_events
+
+    query = JournalQuery(id_dominio=dominio, iuv=iuv, nav=nav, id_flusso=flusso, receipt_id=ricevuta, file_name=file,
+                         component=component, outcome=outcome, day=_date.fromisoformat(day) if day else None)
+    if query == JournalQuery():
+        _fail("give at least one of --iuv, --avviso, --flusso, --ricevuta, --file, --dominio, --date")
+    with session_scope() as session:
+        events = search_events(session, query=query, limit=limit)
+    table = Table(title=f"{len(events)} event(s)", title_justify="left")
+    for column in ("at (UTC)", "component", "operation", "role", "outcome", "ms", "keys", "fault / error"):
+        table.add_column(column)
+    for e in events:
+        keys = " ".join(f"{k}={v}" for k, v in (("ec", e.id_dominio), ("iuv", e.iuv), ("nav", e.nav),
+                                                ("rt", e.receipt_id), ("flusso", e.id_flusso), ("file", e.file_name))
+                        if v)
+        table.add_row(e.at.strftime("%Y-%m-%d %H:%M:%S"), e.component, e.operation, e.role, e.outcome,
+                      str(e.duration_ms or ""), keys, (e.fault_code or e.error or "")[:80])
+    console.print(table)
+    if payloads:
+        for e in events:
+            for label, body in (("request", e.request_payload), ("response", e.response_payload)):
+                if body:
+                    console.rule(f"event {e.id} {label}")
+                    console.print(body, markup=False, highlight=False)
+
+
 @app.command("serve")
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
