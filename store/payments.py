@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from models.notifications import Notification, NotificationState
-from models.payments import AttemptState, Collection, PaymentAttempt, Receipt, ReceiptSource, ReceiptState
+from models.payments import AttemptKind, AttemptState, Collection, PaymentAttempt, Receipt, ReceiptSource, ReceiptState
 from models.positions import ItemState, Position, PositionItem, PositionState
 from models.registry import Application
 from models.types import utcnow
@@ -32,10 +32,16 @@ def record_attempt(session: Session, *, position: Position, amount_requested: ob
                    payment_note: str | None = None, now: datetime | None = None) -> PaymentAttempt:
     """Remember a paGetPayment: an attempt that expires after 30 minutes without a receipt."""
     now = now or utcnow()
+    cart_id = None
+    if payment_note:
+        if payment_note.startswith("cart:"):
+            cart_id = payment_note
+        else:  # Checkout may put its own cart id in the note: link to the portal session that opened it
+            cart_id = session.exec(select(PaymentAttempt.cart_id).where(
+                PaymentAttempt.kind == AttemptKind.CHECKOUT, PaymentAttempt.session_id == payment_note)).first()
     attempt = PaymentAttempt(id_dominio=position.id_dominio, iuv=position.iuv or "", nav=position.nav,
                              position_id=position.id, amount=position.amount, payment_note=payment_note,
-                             requested_at=now, expires_at=now + ATTEMPT_TTL,
-                             cart_id=payment_note if payment_note and payment_note.startswith("cart:") else None)
+                             requested_at=now, expires_at=now + ATTEMPT_TTL, cart_id=cart_id)
     session.add(attempt)
     return attempt
 

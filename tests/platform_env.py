@@ -24,6 +24,11 @@ ECS = {
 }
 
 
+def station_password(id_station: str) -> str:
+    """The Node password of a test station (8 to 15 characters, as the Node's schema wants)."""
+    return f"pwd{id_station[-2:]}Station"
+
+
 @dataclass
 class PlatformEnv:
     """URLs of the platform's web process and of the sandbox, and the sandbox's live state."""
@@ -43,8 +48,9 @@ class PlatformEnv:
 
 def sandbox_config(station_url: str, *, treasury_dir: str | None = None) -> dict[str, Any]:
     """The sandbox's view of the example registry: our stations at our URL, with the inbound key."""
-    stations = [{"idStation": sid, "idBroker": "77777777777", "password": f"pw-{sid}", "url": station_url,
-                 "version": 2, "headers": {"Ocp-Apim-Subscription-Key": STATION_KEY}}
+    legacy_url = station_url.replace(get_settings().station_path, "/pagopa/PaPerNodo")
+    stations = [{"idStation": sid, "idBroker": "77777777777", "password": station_password(sid), "url": station_url,
+                 "legacyUrl": legacy_url, "version": 2, "headers": {"Ocp-Apim-Subscription-Key": STATION_KEY}}
                 for sid in ("77777777777_01", "77777777777_02")]
     creditors = [{"fiscalCode": fc, "name": name, "idStation": sid, "idBroker": "77777777777", "iban": iban,
                   "treasuryFormat": "opi", "treasuryDir": treasury_dir}
@@ -64,6 +70,9 @@ def platform_and_sandbox(db: Database, monkeypatch: pytest.MonkeyPatch) -> Itera
     monkeypatch.setenv("PAGOFLOW_DATABASE_URL", db.url)
     monkeypatch.setenv("PAGOFLOW_STATION_INBOUND_KEY", STATION_KEY)
     monkeypatch.setenv("PAGOFLOW_GPD_SUBSCRIPTION_KEY", GPD_KEY)
+    for sid, variable in (("77777777777_01", "PAGOFLOW_STATION_01_PASSWORD"),
+                          ("77777777777_02", "PAGOFLOW_STATION_02_PASSWORD")):
+        monkeypatch.setenv(variable, station_password(sid))
     get_settings.cache_clear()
     models_db.get_engine.cache_clear()
     registry_cache.clear()

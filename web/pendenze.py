@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel
+from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
 from models.db import get_engine
@@ -324,7 +325,7 @@ def get_receipt(idDominio: str, iuv: str, ccp: str, request: Request, session: S
     from web.soap import body_payload, envelope
 
     receipt = session.exec(select(Receipt).where(Receipt.id_dominio == idDominio, Receipt.iuv == iuv,
-                                                 Receipt.receipt_id == ccp)).first()
+                                                 or_(Receipt.receipt_id == ccp, Receipt.ccp == ccp))).first()
     if receipt is None:
         raise not_found("Ricevuta")
     position = session.get(Position, receipt.position_id) if receipt.position_id else None

@@ -101,7 +101,8 @@ class _RegistryCache:
 registry_cache = _RegistryCache()
 
 
-def _authenticated(station: Station, headers: dict[str, str], client_host: str | None) -> bool:
+def authenticated(station: Station, headers: dict[str, str], client_host: str | None) -> bool:
+    """Whether the caller passes the station's inbound authentication (subscription key, cert header or IP)."""
     method = station.auth_method
     if method == "IP_ALLOW_LIST":
         allowed = {ip.strip() for ip in (station.allowed_ips or "").split(",") if ip.strip()}
@@ -333,7 +334,7 @@ def handle(raw: bytes, headers: dict[str, str], client_host: str | None,
             registry = registry_cache.get()
             station = registry.stations.get(soap.text(payload, "idStation") or "")
             callers = [station] if station is not None else list(registry.stations.values())
-            if not any(_authenticated(s, headers, client_host) for s in callers):
+            if not any(authenticated(s, headers, client_host) for s in callers):
                 outcome, status = Outcome.FAIL, 401
                 return 401, soap.soap_fault(code="Client", message="caller not authenticated")
             try:
