@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -11,13 +12,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli.positions import positions_app
+
+from cli.report import report_app
+
 app = typer.Typer(help="pagoflow: a pagoPA intermediary platform on Prefect.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 db_app = typer.Typer(help="The platform database.", no_args_is_help=True)
 config_app = typer.Typer(help="The registry: broker, stations, ECs, applications, operators.",
                          no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(positions_app, name="positions")
 app.add_typer(config_app, name="config")
+app.add_typer(report_app, name="report")
 
 console = Console()
 err = Console(stderr=True)
@@ -206,6 +213,49 @@ def journal(
                     console.print(body, markup=False, highlight=False)
 
 
+def _last_runs() -> dict[str, tuple[str, str]]:
+    """Last run of each flow from the Prefect server (empty without PREFECT_API_URL or when unreachable)."""
+    import os
+
+    if not os.environ.get("PREFECT_API_URL"):
+        return {}
+    try:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.sorting import FlowRunSort
+
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=200)
+            names = {f.id: f.name for f in client.read_flows(limit=200)}
+    except Exception as exc:  # status must answer even when the server does not
+        err.print(f"[yellow]Prefect server not reachable: {exc}[/yellow]")
+        return {}
+    last: dict[str, tuple[str, str]] = {}
+    for run in runs:
+        name = names.get(run.flow_id, "?")
+        if name not in last and run.state is not None:
+            when = run.start_time.strftime("%Y-%m-%d %H:%M") if run.start_time else "-"
+            last[name] = (when, run.state.name)
+    return last
+
+
+@app.command("status")
+def status() -> None:
+    """Health of each stage: last run (from the Prefect server, if PREFECT_API_URL is set), backlog, failures."""
+    from models.db import session_scope
+    from store.backlog import stage_backlog
+
+    with session_scope() as session:
+        backlog = stage_backlog(session)
+    runs = _last_runs()
+    table = Table(title="pagoflow stages", title_justify="left")
+    for column in ("stage", "last run", "state", "backlog", "failures (24 h)"):
+        table.add_column(column)
+    for stage, figures in backlog.items():
+        when, state = runs.get(stage, ("-", "-"))
+        table.add_row(stage, when, state, str(figures["backlog"]), str(figures["failures_24h"]))
+    console.print(table)
+
+
 @app.command("serve")
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -220,18 +270,32 @@ def serve(
 
 @app.command("demo")
 def demo(
-    registry: Annotated[Path, typer.Option(help="Registry to apply.")] = EXAMPLE_REGISTRY,
+    workdir: Annotated[Path, typer.Option(help="Folder of the demo's database, files and Prefect server.")] = Path(
+        "var/demo"),
+    positions: Annotated[int, typer.Option(help="Positions in the bulk file.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 2026,
 ) -> None:
-    """The main job on the embedded default: create the database, apply the example registry, show it."""
-    from models.migrate import upgrade
-    from models.settings import get_settings
+    """The main job on the embedded default: a whole day of an intermediary against the local pagoPA sandbox."""
+    from cli.demo import run_demo
 
-    settings = get_settings()
-    console.print(f"database: {settings.database_url}", highlight=False)
-    before, after = upgrade()
-    console.print(f"schema: {before or 'empty'} -> {after}")
-    console.print(apply_registry_file(registry), highlight=False)
-    config_show(as_json=False)
+    started = time.monotonic()
+    result = run_demo(workdir=workdir, positions=positions, seed=seed, console=console)
+    console.print(f"\n[bold]Done in {time.monotonic() - started:.0f} s.[/bold] Database: {result.workdir / 'pagoflow.db'}")
+    table = Table(title="The day per EC", title_justify="left")
+    for column in ("EC", "positions", "receipts", "paid", "flows", "money", "cashed", "anomalies"):
+        table.add_column(column)
+    for f in result.counts.get("figures", []):
+        table.add_row(f["name"], str(f["positions"]), str(f["receipts"]), str(f["paid"]), str(f["flows"]),
+                      str(f["money"]), str(f["cashed"]), str(f["anomalies"]))
+    console.print(table)
+    for report in result.reports:
+        console.print(f"report: {report}", highlight=False)
+    if result.prefect_home:
+        console.print(f"Prefect UI on these runs: PREFECT_HOME={result.prefect_home} .venv/bin/prefect server start"
+                      "  then open http://127.0.0.1:4200", highlight=False)
+    console.print(f"Event journal: PAGOFLOW_DATABASE_URL=sqlite:///{result.workdir / 'pagoflow.db'} "
+                  ".venv/bin/pagoflow journal --date " + __import__("datetime").date.today().isoformat(),
+                  highlight=False)
 
 
 def main() -> None:

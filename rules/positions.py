@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rules.identifiers import IdentifierError, is_valid_rf, parse_nav, validate_iban
 
-Amount = Annotated[Decimal, Field(gt=0, max_digits=11, decimal_places=2)]
+CENT = Decimal("0.01")
+# Two places always, so 10 and 10.00 are the same amount (and the same content hash).
+Amount = Annotated[Decimal, Field(gt=0, max_digits=11, decimal_places=2), AfterValidator(lambda v: v.quantize(CENT))]
 
 
 class BusinessError(ValueError):
@@ -238,8 +239,7 @@ class PositionData:
 
 def content_hash(body: PendenzaPut) -> str:
     """A stable hash of what the application asked for, so a repeated PUT is recognised as unchanged."""
-    canonical = json.dumps(body.model_dump(mode="json", exclude_none=True), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return hashlib.sha256(body.model_dump_json(exclude_none=True).encode("utf-8")).hexdigest()
 
 
 def validate_position(body: PendenzaPut, *, id_a2a: str, id_pendenza: str, caller: Caller,

@@ -1,15 +1,17 @@
-"""Persistence of debt positions: batch upsert, annul/restore, reads and the registry views validation needs."""
+"""Persistence of debt positions: batch upsert, annul/restore, reads, the registry views validation needs."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any, Generic, Literal, TypeVar, overload
 from zoneinfo import ZoneInfo
-from typing import Any
 
-from sqlalchemy import func, or_, tuple_
-from sqlmodel import Session, col, select
+from sqlalchemy import Table, bindparam, func, insert, or_, text, update
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlmodel import Session, SQLModel, col, select
 
 from models.positions import Position, PositionItem, PositionState, PublicationState
 from models.registry import (
@@ -80,14 +82,60 @@ def load_caller(session: Session, *, id_a2a: str) -> Caller | None:
                   grants=frozenset((g.id_dominio, g.debt_type) for g in grants))
 
 
+@dataclass(frozen=True)
+class CreatedPosition:
+    """A position just inserted, for callers that read its keys and need no ORM row (want_rows=False)."""
+
+    id: int
+    id_a2a: str
+    id_pendenza: str
+    id_dominio: str
+    debt_type: str
+    iuv: str
+    nav: str
+    iupd: str
+    amount: Decimal
+    due_date: date | None
+    state: str
+    version: int
+
+
+P = TypeVar("P", bound="Position | CreatedPosition")
+
+
 @dataclass
-class UpsertResult:
+class UpsertResult(Generic[P]):
     """The outcome of one position of a batch: CREATED/UPDATED/UNCHANGED with the row, or an error."""
 
     key: tuple[str, str]
     outcome: str | None = None
-    position: Position | None = None
+    position: P | None = None
     error: BusinessError | None = None
+
+
+def find_positions(session: Session, *, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Position]:
+    """The stored positions among (idA2A, idPendenza) keys, by index lookups whatever the table's size."""
+    # Not tuple_(…).in_(…), nor id_a2a = X AND id_pendenza IN (…): when one application owns most rows,
+    # PostgreSQL plans both as a scan of the application's rows, so a bulk load slows down batch after batch.
+    # One probe of the unique index per key (LATERAL) stays flat; SQLite probes the index for IN already.
+    by_a2a: dict[str, list[str]] = defaultdict(list)
+    for id_a2a, id_pendenza in keys:
+        by_a2a[id_a2a].append(id_pendenza)
+    postgres = session.get_bind().dialect.name == "postgresql"
+    found: dict[tuple[str, str], Position] = {}
+    for id_a2a, ids in by_a2a.items():
+        if postgres:
+            pks = session.execute(text(
+                "SELECT p.id FROM unnest(CAST(:ids AS varchar[])) AS k(id_pendenza) JOIN LATERAL "
+                "(SELECT id FROM position WHERE id_a2a = :id_a2a AND id_pendenza = k.id_pendenza) p ON true"),
+                {"ids": ids, "id_a2a": id_a2a}).scalars().all()
+            stmt = select(Position).where(col(Position.id).in_(pks)) if pks else None
+        else:
+            stmt = select(Position).where(Position.id_a2a == id_a2a, col(Position.id_pendenza).in_(ids))
+        if stmt is not None:
+            for p in session.exec(stmt).all():
+                found[(p.id_a2a, p.id_pendenza)] = p
+    return found
 
 
 def _prefixes(session: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, str], str]:
@@ -98,63 +146,107 @@ def _prefixes(session: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, s
     return {k: (types.get(k) if types.get(k) is not None else creditors[k[0]].iuv_prefix) or "" for k in keys}
 
 
-def upsert_positions(session: Session, *, batch: list[PositionData]) -> list[UpsertResult]:
+def _column_defaults(model: type[SQLModel]) -> dict[str, Any]:
+    # What SQLModel puts in the unset fields of a new object: the Core inserts below write exactly what the
+    # ORM wrote (the tables have no server defaults to fall back on). created_at, a factory, is always given.
+    return {name: f.default for name, f in model.model_fields.items()
+            if name != "id" and not f.is_required() and f.default_factory is None}
+
+
+_POSITIONS: Table = Position.__table__  # type: ignore[attr-defined]
+_ITEMS: Table = PositionItem.__table__  # type: ignore[attr-defined]
+_POSITION_DEFAULTS = _column_defaults(Position)
+_ITEM_DEFAULTS = _column_defaults(PositionItem)
+_KEYS = frozenset({"nav", "id_a2a", "id_pendenza", "id_dominio"})  # what an update never rewrites
+_IN_CHUNK = 5000  # ids per IN list: well under SQLite's 32766 bound parameters
+
+
+@overload
+def upsert_positions(session: Session, *, batch: list[PositionData],
+                     want_rows: Literal[True] = ...) -> list[UpsertResult[Position]]: ...
+
+
+@overload
+def upsert_positions(session: Session, *, batch: list[PositionData],
+                     want_rows: bool) -> list[UpsertResult[Position | CreatedPosition]]: ...
+
+
+def upsert_positions(session: Session, *, batch: list[PositionData],
+                     want_rows: bool = True) -> list[UpsertResult[Any]]:
     """Create or update a batch of validated positions in the caller's transaction.
 
-    One query finds the existing rows, one their voci; new positions get IUV/NAV in blocks per (EC, prefix).
-    A row whose update breaks a rule gets its error and the others go on.
+    One query finds the existing rows, one the voci of those that changed; new positions get IUV/NAV in
+    blocks per (EC, prefix) and are written by Core executemany. A row whose update breaks a rule gets its
+    error and the others go on. Created positions come back as ORM rows (one more query), or with
+    ``want_rows=False`` as CreatedPosition; updated and unchanged ones always as the ORM rows.
     """
-    results = [UpsertResult(key=(d.id_a2a, d.id_pendenza)) for d in batch]
+    results: list[UpsertResult[Any]] = [UpsertResult(key=(d.id_a2a, d.id_pendenza)) for d in batch]
     if not batch:
         return results
-    keys = [r.key for r in results]
-    existing = {(p.id_a2a, p.id_pendenza): p for p in session.exec(
-        select(Position).where(tuple_(Position.id_a2a, Position.id_pendenza).in_(keys))).all()}
-    items_of: dict[int, list[PositionItem]] = defaultdict(list)
-    if existing:
-        for item in session.exec(select(PositionItem).where(
-                col(PositionItem.position_id).in_([p.id for p in existing.values()]))
-                .order_by(PositionItem.position_id, PositionItem.item_index)).all():
-            items_of[item.position_id].append(item)
+    existing = find_positions(session, keys=[r.key for r in results])
     now = utcnow()
-    to_create: list[tuple[UpsertResult, PositionData]] = []
+    to_create: list[tuple[UpsertResult[Any], PositionData]] = []
+    to_update: list[tuple[UpsertResult[Any], Position, PositionData]] = []
     seen: set[tuple[str, str]] = set()
     for result, data in zip(results, batch, strict=True):
         if result.key in seen:
-            result.error = BusinessError("VER_015", "Pendenza ripetuta nello stesso lotto", field="idPendenza")
+            result.error = BusinessError("VER_015", "Pendenza ripetuta nello stesso lotto",
+                                         field="idPendenza")
             continue
         seen.add(result.key)
         row = existing.get(result.key)
         if row is None:
             to_create.append((result, data))
-            continue
-        if row.content_hash == data.content_hash:
+        elif row.content_hash == data.content_hash:
             result.outcome, result.position = UNCHANGED, row
-            continue
-        stored = [StoredItem(i.id_voce, i.id_dominio, i.kind) for i in items_of[row.id or 0]]
-        try:
-            check_update(state=row.state, nav=row.nav, items=stored, new=data)
-        except BusinessError as exc:
-            result.error = exc
-            continue
-        for name, value in data.columns().items():
-            if name not in {"nav", "id_a2a", "id_pendenza", "id_dominio"}:
-                setattr(row, name, value)
-        row.version += 1
-        row.updated_at = now
-        row.publication_state = PublicationState.PENDING
-        for item, new in zip(items_of[row.id or 0], data.items, strict=True):
-            for name, value in new.__dict__.items():
-                setattr(item, name, value)
-            session.add(item)
-        session.add(row)
-        result.outcome, result.position = UPDATED, row
-    _create(session, to_create, now)
+        else:
+            to_update.append((result, row, data))
+    _update(session, pending=to_update, now=now)
+    _create(session, pending=to_create, now=now, want_rows=want_rows)
     session.flush()
     return results
 
 
-def _create(session: Session, pending: list[tuple[UpsertResult, PositionData]], now: Any) -> None:
+def _update(session: Session, *, pending: list[tuple[UpsertResult[Any], Position, PositionData]],
+            now: datetime) -> None:
+    if not pending:
+        return
+    stored_items = items_of(session, position_ids=[row.id or 0 for _, row, _ in pending])
+    positions: list[tuple[SQLModel, dict[str, Any]]] = []
+    items: list[tuple[SQLModel, dict[str, Any]]] = []
+    for result, row, data in pending:
+        stored = stored_items[row.id or 0]
+        try:
+            check_update(state=row.state, nav=row.nav,
+                         items=[StoredItem(i.id_voce, i.id_dominio, i.kind) for i in stored], new=data)
+        except BusinessError as exc:
+            result.error = exc
+            continue
+        values = {k: v for k, v in data.columns().items() if k not in _KEYS}
+        values |= {"version": row.version + 1, "updated_at": now,
+                   "publication_state": PublicationState.PENDING}
+        positions.append((row, values))
+        items.extend((item, dict(new.__dict__)) for item, new in zip(stored, data.items, strict=True))
+        result.outcome, result.position = UPDATED, row
+    _write_updates(session, table=_POSITIONS, changes=positions)
+    _write_updates(session, table=_ITEMS, changes=items)
+
+
+def _write_updates(session: Session, *, table: Table, changes: list[tuple[SQLModel, dict[str, Any]]]) -> None:
+    """UPDATE rows by id in one executemany, then give the loaded objects the same values."""
+    if not changes:
+        return
+    session.execute(update(table).where(table.c.id == bindparam("pk")),
+                    [{"pk": obj.id, **values} for obj, values in changes])  # type: ignore[attr-defined]
+    # The rows are in the session and the callers read them (and their voci) afterwards: committed values,
+    # not attribute sets, so they show what the database holds without a second, ORM, UPDATE at flush.
+    for obj, values in changes:
+        for name, value in values.items():
+            set_committed_value(obj, name, value)
+
+
+def _create(session: Session, *, pending: list[tuple[UpsertResult[Any], PositionData]], now: datetime,
+            want_rows: bool) -> None:
     if not pending:
         return
     needs_nav = [(r, d) for r, d in pending if d.nav is None]
@@ -170,10 +262,11 @@ def _create(session: Session, pending: list[tuple[UpsertResult, PositionData]], 
         for d, notice in zip(group, notices, strict=True):
             assigned[id(d)] = (notice.iuv, notice.nav)
     own = [d.nav for _, d in pending if d.nav]
-    taken = set()
+    taken: set[tuple[str, str | None]] = set()
     if own:
-        taken = {(p.id_dominio, p.nav) for p in session.exec(select(Position).where(col(Position.nav).in_(own))).all()}
-    rows: list[tuple[UpsertResult, Position, PositionData]] = []
+        taken = set(session.exec(select(Position.id_dominio, Position.nav)
+                                 .where(col(Position.nav).in_(own))).all())
+    created: list[tuple[UpsertResult[Any], dict[str, Any], PositionData]] = []
     for result, d in pending:
         if d.nav:
             if (d.id_dominio, d.nav) in taken:
@@ -184,15 +277,55 @@ def _create(session: Session, pending: list[tuple[UpsertResult, PositionData]], 
             iuv, nav = nav_to_iuv(d.nav), d.nav
         else:
             iuv, nav = assigned[id(d)]
-        columns = d.columns() | {"iuv": iuv, "nav": nav}
-        position = Position(**columns, iupd=f"{d.id_dominio}-{iuv}", created_at=now, updated_at=now,
-                            state=PositionState.NON_ESEGUITA, publication_state=PublicationState.PENDING)
-        rows.append((result, position, d))
-    session.add_all([p for _, p, _ in rows])
-    session.flush()
-    session.add_all([PositionItem(position_id=p.id, **item.__dict__) for _, p, d in rows for item in d.items])
-    for result, position, _ in rows:
-        result.outcome, result.position = CREATED, position
+        row = _POSITION_DEFAULTS | d.columns() | {
+            "iuv": iuv, "nav": nav, "iupd": f"{d.id_dominio}-{iuv}", "created_at": now, "updated_at": now,
+            "state": PositionState.NON_ESEGUITA, "publication_state": PublicationState.PENDING}
+        created.append((result, row, d))
+    if not created:
+        return
+    ids = _insert_positions(session, rows=[row for _, row, _ in created])
+    voci = [_ITEM_DEFAULTS | item.__dict__ | {"position_id": pk}
+            for (_, _, d), pk in zip(created, ids, strict=True) for item in d.items]
+    if voci:
+        session.execute(insert(_ITEMS), voci)
+    loaded = _load_positions(session, ids=ids) if want_rows else {}
+    for (result, row, _), pk in zip(created, ids, strict=True):
+        result.outcome = CREATED
+        result.position = loaded[pk] if want_rows else CreatedPosition(
+            id=pk, id_a2a=row["id_a2a"], id_pendenza=row["id_pendenza"], id_dominio=row["id_dominio"],
+            debt_type=row["debt_type"], iuv=row["iuv"], nav=row["nav"], iupd=row["iupd"],
+            amount=row["amount"], due_date=row["due_date"], state=row["state"], version=row["version"])
+
+
+def _insert_positions(session: Session, *, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert position rows by Core executemany; their ids, in the rows' order."""
+    if session.get_bind().dialect.name == "postgresql":
+        # An executemany INSERT … RETURNING costs PostgreSQL four times a plain one (SQLAlchemy sends one
+        # large multi-VALUES statement per page); drawing the ids from the sequence first keeps it plain.
+        # Sorted, so ids follow the batch's order as the ORM's did.
+        ids = sorted(session.execute(text(
+            "SELECT nextval(CAST(pg_get_serial_sequence(:table, 'id') AS regclass)) "
+            "FROM generate_series(1, :n)"), {"table": _POSITIONS.name, "n": len(rows)}).scalars())
+        for row, pk in zip(rows, ids, strict=True):
+            row["id"] = pk
+        session.execute(insert(_POSITIONS), rows)
+        return ids
+    # SQLite pages RETURNING as cheaply as a plain insert, but promises no order for the returned rows:
+    # the unique key (idA2A, idPendenza) maps them back.
+    returned = session.execute(insert(_POSITIONS).returning(
+        _POSITIONS.c.id, _POSITIONS.c.id_a2a, _POSITIONS.c.id_pendenza), rows).all()
+    by_key = {(id_a2a, id_pendenza): pk for pk, id_a2a, id_pendenza in returned}
+    return [by_key[(row["id_a2a"], row["id_pendenza"])] for row in rows]
+
+
+def _load_positions(session: Session, *, ids: list[int]) -> dict[int, Position]:
+    """Positions by id as ORM rows, one query per few thousand ids."""
+    found: dict[int, Position] = {}
+    for start in range(0, len(ids), _IN_CHUNK):
+        chunk = ids[start:start + _IN_CHUNK]
+        for p in session.exec(select(Position).where(col(Position.id).in_(chunk))).all():
+            found[p.id or 0] = p
+    return found
 
 
 def get_position(session: Session, *, id_a2a: str, id_pendenza: str) -> Position | None:
@@ -203,15 +336,17 @@ def get_position(session: Session, *, id_a2a: str, id_pendenza: str) -> Position
 
 def get_position_by_nav(session: Session, *, id_dominio: str, nav: str) -> Position | None:
     """A position by EC and notice number."""
-    return session.exec(select(Position).where(Position.id_dominio == id_dominio, Position.nav == nav)).first()
+    return session.exec(select(Position).where(Position.id_dominio == id_dominio,
+                                               Position.nav == nav)).first()
 
 
 def items_of(session: Session, *, position_ids: list[int]) -> dict[int, list[PositionItem]]:
     """The voci of several positions, in order."""
     out: dict[int, list[PositionItem]] = defaultdict(list)
     if position_ids:
-        for item in session.exec(select(PositionItem).where(col(PositionItem.position_id).in_(position_ids))
-                                 .order_by(PositionItem.position_id, PositionItem.item_index)).all():
+        stmt = (select(PositionItem).where(col(PositionItem.position_id).in_(position_ids))
+                .order_by(col(PositionItem.position_id), col(PositionItem.item_index)))
+        for item in session.exec(stmt).all():
             out[item.position_id].append(item)
     return out
 

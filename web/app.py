@@ -6,7 +6,12 @@ from fastapi import FastAPI
 
 from models.settings import get_settings
 from web.errors import install_error_handlers
+from web.pagamenti import pagamento_prefix, rt_legacy_prefix
+from web.pagamenti import router as pagamenti_router
 from web.pendenze import router as pendenze_router
+from web.ragioneria import ragioneria_prefix, router as ragioneria_router
+from web.ragioneria_riconciliazioni import router as riconciliazioni_router
+from web.rt_legacy import router as rt_legacy_router
 from web.station import router as station_router
 
 
@@ -18,5 +23,9 @@ def create_app() -> FastAPI:
                   description="GovPay-compatible API Pendenze v2 and the pagoPA station of pagoflow.")
     install_error_handlers(app)
     app.include_router(pendenze_router, prefix=base, tags=["pendenze"])
+    app.include_router(ragioneria_router, prefix=ragioneria_prefix(), tags=["ragioneria"])
+    app.include_router(riconciliazioni_router, prefix=ragioneria_prefix(), tags=["ragioneria"])
     app.include_router(station_router, prefix="/" + settings.station_path.strip("/"), tags=["station"])
+    app.include_router(pagamenti_router, prefix=pagamento_prefix(), tags=["pagamenti"])
+    app.include_router(rt_legacy_router, prefix=rt_legacy_prefix(), tags=["station"])
     return app

@@ -1,0 +1,653 @@
+"""Reconciliation at scale: ``reconcile_ec`` over 1,000,000 paid receipts, 20,000 flows and 10,000 movements.
+
+Run: .venv/bin/python bench/reconcile.py [--receipts 1000000] [--flows 20000] [--movements 10000] [--noise 0.02]
+     [--skip-sqlite] [--explain]
+
+Per database (SQLite in a temporary file; PostgreSQL too when PAGOFLOW_TEST_POSTGRES_URL is set, in a throwaway
+database created and dropped here) it migrates the schema, applies the example registry and writes the data
+straight into the tables with set-based loads (PostgreSQL ``COPY``; SQLite ``executemany`` of prepared tuples):
+one paid position, receipt and collection per receipt, every collection reported in a flow of ``receipts /
+flows`` lines, and one credit per flow for the first ``--movements`` flows. ``--noise`` of the credits are
+damaged in turn: a flow id we never received, an amount one cent off, a credit that is not pagoPA money.
+
+Then ``reconcile_ec`` runs twice, each in a fresh process: the first run cashes everything, the second finds
+nothing new. Each prints its seconds, its peak memory (peak RSS minus the RSS once imports and the engine are
+ready) and its slowest SQL statements (time summed per statement text). ``--explain`` prints PostgreSQL's plan
+(EXPLAIN ANALYZE) of the slowest statement of the second run after the run (it re-executes it: its effect is
+rolled back). Target: <= 30 s per run on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import random
+import resource
+import sys
+import tempfile
+import time
+import uuid
+from array import array
+from collections.abc import Iterator, Sequence
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from sqlalchemy import text  # noqa: E402
+from sqlalchemy.engine import Engine, make_url  # noqa: E402
+
+from models.db import make_engine  # noqa: E402
+
+TARGET_SECONDS = 30.0
+EC = "01234567897"
+IBAN = "IT21X0306909606000000123456"
+A2A = "A2A-TRIBUTI"
+DAY = date(2026, 11, 25)
+PAID_AT = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+MB = 1024.0
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+_CENTS = array("i")
+
+
+def set_amounts(n: int) -> None:
+    """Draw the amounts of receipts 1..n (1.00 to 200.99 euros), the same every run."""
+    rng = random.Random(20261125)  # noqa: S311 - test data, not secrets
+    _CENTS[:] = array("i", [0] + [rng.randrange(100, 20100) for _ in range(n)])
+
+
+def amount_of(i: int) -> Decimal:
+    """The amount of receipt ``i``."""
+    return Decimal(_CENTS[i]) / 100
+
+
+def iuv_of(i: int) -> str:
+    return f"01{i:015d}"
+
+
+def flow_id_of(f: int) -> str:
+    return f"2026-11-25BENCHPSP{f % 7}-S{f:010d}"
+
+
+def positions(n: int) -> Iterator[tuple[Any, ...]]:
+    for i in range(1, n + 1):
+        iuv = iuv_of(i)
+        yield (
+            i,
+            A2A,
+            f"P{i:010d}",
+            EC,
+            "TARI",
+            f"TARI 2026 {i}",
+            "F",
+            "RSSMRA80A01H501U",
+            f"Debitore {i}",
+            amount_of(i),
+            iuv,
+            "3" + iuv,
+            "ESEGUITA",
+            False,
+            f"{i:064x}"[-64:],
+            1,
+            1,
+            "PUBLISHED",
+            1,
+            PAID_AT,
+            PAID_AT,
+        )
+
+
+POSITION_COLUMNS = (
+    "id",
+    "id_a2a",
+    "id_pendenza",
+    "id_dominio",
+    "debt_type",
+    "causale",
+    "debtor_type",
+    "debtor_id",
+    "debtor_name",
+    "amount",
+    "iuv",
+    "nav",
+    "state",
+    "paid_without_receipt",
+    "content_hash",
+    "version",
+    "published_version",
+    "publication_state",
+    "publication_attempts",
+    "created_at",
+    "paid_at",
+)
+
+
+def receipts(n: int) -> Iterator[tuple[Any, ...]]:
+    for i in range(1, n + 1):
+        iuv = iuv_of(i)
+        yield (
+            i,
+            f"R{i:012d}",
+            EC,
+            iuv,
+            "3" + iuv,
+            i,
+            "OK",
+            "ACCEPTED",
+            "PUSH",
+            amount_of(i),
+            "BCITITMM",
+            False,
+            PAID_AT,
+            PAID_AT,
+        )
+
+
+RECEIPT_COLUMNS = (
+    "id",
+    "receipt_id",
+    "id_dominio",
+    "iuv",
+    "nav",
+    "position_id",
+    "outcome",
+    "state",
+    "source",
+    "amount",
+    "psp_id",
+    "standin",
+    "payment_at",
+    "received_at",
+)
+
+
+def collections(n: int) -> Iterator[tuple[Any, ...]]:
+    for i in range(1, n + 1):
+        yield (
+            i,
+            EC,
+            iuv_of(i),
+            f"IUR{i:012d}",
+            1,
+            i,
+            i,
+            amount_of(i),
+            IBAN,
+            "1010",
+            False,
+            "RISCOSSA",
+            PAID_AT - timedelta(days=i % 14),
+            i,
+        )
+
+
+COLLECTION_COLUMNS = (
+    "id",
+    "id_dominio",
+    "iuv",
+    "iur",
+    "transfer_index",
+    "receipt_pk",
+    "position_id",
+    "amount",
+    "iban",
+    "accounting_code",
+    "without_receipt",
+    "state",
+    "paid_at",
+    "flow_line_id",
+)
+
+
+def flow_totals(n: int, flows: int) -> list[Decimal]:
+    per = n // flows
+    totals = [Decimal("0.00")] * flows
+    for i in range(1, per * flows + 1):
+        totals[(i - 1) // per] += amount_of(i)
+    return totals
+
+
+def reporting_flows(n: int, flows: int, totals: list[Decimal]) -> Iterator[tuple[Any, ...]]:
+    per = n // flows
+    for f in range(flows):
+        fid = flow_id_of(f)
+        yield (
+            f + 1,
+            EC,
+            fid,
+            fid.lower(),
+            f"BENCHPSP{f % 7}",
+            "PSP di prova",
+            1,
+            DAY,
+            f"SR{f:010d}",
+            per,
+            totals[f],
+            "ACCETTATA",
+            "FDR_REST",
+            PAID_AT,
+            False,
+        )
+
+
+FLOW_COLUMNS = (
+    "id",
+    "id_dominio",
+    "id_flusso",
+    "id_flusso_lower",
+    "psp_id",
+    "psp_name",
+    "revision",
+    "settlement_date",
+    "settlement_ref",
+    "total_count",
+    "total_amount",
+    "state",
+    "source",
+    "downloaded_at",
+    "reconciled",
+)
+
+
+def reporting_lines(n: int, flows: int) -> Iterator[tuple[Any, ...]]:
+    per = n // flows
+    for i in range(1, per * flows + 1):
+        yield (
+            i,
+            (i - 1) // per + 1,
+            (i - 1) % per + 1,
+            iuv_of(i),
+            f"IUR{i:012d}",
+            1,
+            amount_of(i),
+            0,
+            DAY,
+            "LINKED",
+            i,
+            i,
+        )
+
+
+LINE_COLUMNS = (
+    "id",
+    "flow_id",
+    "line_index",
+    "iuv",
+    "iur",
+    "transfer_index",
+    "amount",
+    "outcome",
+    "pay_date",
+    "state",
+    "collection_id",
+    "position_id",
+)
+
+
+def movements(count: int, totals: list[Decimal], noise: float) -> Iterator[tuple[Any, ...]]:
+    """One credit per flow; every ``1/noise``-th is damaged: unknown flow, wrong amount, not pagoPA, in turn."""
+    every = max(1, round(1 / noise)) if noise > 0 else 0
+    damaged = 0
+    for j in range(count):
+        fid, amount, kind = flow_id_of(j), totals[j], "flow"
+        remittance = f"/PUR/LGPE-RIVERSAMENTO/URI/{fid}"
+        if every and j % every == every // 2:
+            damaged += 1
+            if damaged % 3 == 1:
+                fid = f"2026-11-25UNKNOWNPSP-X{j:08d}"
+                remittance = f"/PUR/LGPE-RIVERSAMENTO/URI/{fid}"
+            elif damaged % 3 == 2:
+                amount += Decimal("0.01")
+            else:
+                fid, kind, remittance = None, "none", f"BONIFICO AFFITTO LOCALI COMUNALI RATA {j}"
+        yield (
+            j + 1,
+            EC,
+            IBAN,
+            f"BENCH{j:08d}",
+            amount,
+            "EUR",
+            DAY,
+            DAY,
+            remittance,
+            "PSP DI PROVA SPA",
+            f"TRN{j:020d}",
+            False,
+            kind,
+            fid,
+            fid.lower() if fid else None,
+            0 if kind == "flow" else None,
+            "PENDING",
+            PAID_AT,
+        )
+
+
+MOVEMENT_COLUMNS = (
+    "id",
+    "id_dominio",
+    "account",
+    "dedupe_key",
+    "amount",
+    "currency",
+    "value_date",
+    "booking_date",
+    "remittance",
+    "ordering_party",
+    "bank_reference",
+    "reversal",
+    "reference_kind",
+    "reference",
+    "reference_lower",
+    "integrative",
+    "match_state",
+    "created_at",
+)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _sqlite_value(value: Any) -> Any:
+    # what the column types would bind: Money as integer cents, timestamps as naive UTC text
+    if isinstance(value, Decimal):
+        return int(value * 100)
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def load(engine: Engine, table: str, columns: Sequence[str], rows: Iterator[tuple[Any, ...]]) -> int:
+    """Write rows into a table: COPY on PostgreSQL, batched executemany on SQLite."""
+    count = 0
+    names = ", ".join(columns)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            raw: Any = conn.connection.driver_connection
+            with raw.cursor() as cursor, cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+                    count += 1
+            conn.exec_driver_sql(
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                f"(SELECT coalesce(max(id), 1) FROM {table}))"
+            )
+            return count
+        sql = f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))})"
+        batch: list[tuple[Any, ...]] = []
+        for row in rows:
+            batch.append(tuple(_sqlite_value(v) for v in row))
+            if len(batch) == 50_000:
+                conn.exec_driver_sql(sql, batch)  # type: ignore[arg-type]
+                count += len(batch)
+                batch = []
+        if batch:
+            conn.exec_driver_sql(sql, batch)  # type: ignore[arg-type]
+            count += len(batch)
+    return count
+
+
+def prepare(url: str, *, n: int, flows: int, moves: int, noise: float) -> None:
+    """Migrate, apply the example registry and load the data set."""
+    from sqlmodel import Session
+
+    from models.migrate import upgrade
+    from tests.factories import load_example_registry
+
+    upgrade(url)
+    engine = make_engine(url)
+    with Session(engine) as session:
+        load_example_registry(session)
+    set_amounts(n)
+    totals = flow_totals(n, flows)
+    started = time.perf_counter()
+    for table, columns, rows in (
+        ("position", POSITION_COLUMNS, positions(n)),
+        ("receipt", RECEIPT_COLUMNS, receipts(n)),
+        ("reporting_flow", FLOW_COLUMNS, reporting_flows(n, flows, totals)),
+        ("collection", COLLECTION_COLUMNS, collections(n)),
+        ("reporting_line", LINE_COLUMNS, reporting_lines(n, flows)),
+        ("treasury_movement", MOVEMENT_COLUMNS, movements(moves, totals, noise)),
+    ):
+        t0 = time.perf_counter()
+        count = load(engine, table, columns, rows)
+        print(f"  loaded {count:>9,} {table:<18} in {time.perf_counter() - t0:6.1f} s", flush=True)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE")
+    print(f"  data set ready in {time.perf_counter() - started:.1f} s", flush=True)
+    engine.dispose()
+
+
+# -------------------------------------------------------------------------------------------- measuring
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MB / MB
+
+
+def _run_reconcile() -> Any:
+    from sqlmodel import Session
+
+    from store.reconciliation import reconcile_ec
+
+    with Session(_ENGINE) as session:
+        summary = reconcile_ec(session, id_dominio=EC)
+        session.commit()
+    return {
+        "flows_cashed": summary.flows_cashed,
+        "flows_waiting": summary.flows_waiting,
+        "flows_in_error": summary.flows_in_error,
+        "collections_cashed": summary.collections_cashed,
+        "suggestions": summary.suggestions,
+        "labels": summary.labels,
+    }
+
+
+def _run_report() -> Any:
+    from sqlmodel import Session
+
+    from reports.reconciliation import (
+        prospetto_context,
+        reconciliation_context,
+        render_csv,
+        render_html,
+        render_pdf,
+        render_prospetto_csv,
+        render_prospetto_pdf,
+    )
+    from store.report_data import collections_summary, reconciliation_data
+
+    with Session(_ENGINE) as session:
+        data = reconciliation_data(session, id_dominio=EC, report_date=DAY, window_days=14)
+        prospetto = collections_summary(session, id_dominio=EC, start=DAY.replace(day=1), end=DAY)
+    ctx, pctx = reconciliation_context(data), prospetto_context(prospetto)
+    sizes = {
+        "html": len(render_html(ctx)),
+        "csv": len(render_csv(ctx)),
+        "pdf": len(render_pdf(ctx)),
+        "prospetto csv": len(render_prospetto_csv(pctx)),
+        "prospetto pdf": len(render_prospetto_pdf(pctx)),
+    }
+    return {"bytes": sizes, "anomalies": {g.label: g.count for g in data.anomalies}}
+
+
+_ENGINE: Any = None
+
+
+def _explain(engine: Engine, statement: str, parameters: Any) -> str:
+    """PostgreSQL's plan of one statement as it ran, its effect rolled back."""
+    with engine.connect() as conn:
+        raw: Any = conn.connection.driver_connection
+        with raw.cursor() as cursor:
+            if statement.startswith("INSERT INTO transfer_label"):
+                # the labels are in place: re-inserting them needs the delete that precedes it in the run
+                cursor.execute("DELETE FROM transfer_label WHERE id_dominio = %s", (EC,))
+            cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + statement, parameters)
+            plan = "\n".join(r[0] for r in cursor.fetchall())
+        raw.rollback()
+    return plan
+
+
+def _child(url: str, what: str, explain: int, out: Any) -> None:
+    """One measured job in a fresh process: seconds, memory, SQL time and the slowest statements."""
+    from sqlalchemy import event
+
+    global _ENGINE
+    engine = _ENGINE = make_engine(url)
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SELECT 1")
+    import store.reconciliation  # noqa: F401  (imports before the baseline)
+    import store.report_data  # noqa: F401
+
+    spent: dict[str, list[Any]] = {}
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _before(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        conn.info.setdefault("t0", []).append(time.perf_counter())
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _after(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        elapsed = time.perf_counter() - conn.info["t0"].pop()
+        entry = spent.setdefault(" ".join(statement.split()), [0.0, 0, None if executemany else parameters])
+        entry[0] += elapsed
+        entry[1] += 1
+
+    base = _rss_mb()
+    started = time.perf_counter()
+    outcome = _run_reconcile() if what == "reconcile" else _run_report()
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    event.remove(engine, "before_cursor_execute", _before)
+    event.remove(engine, "after_cursor_execute", _after)
+    top = sorted(spent.items(), key=lambda kv: -kv[1][0])[:8]
+    plans = []
+    if explain and engine.dialect.name == "postgresql":
+        plans = [
+            (st, _explain(engine, st, params))
+            for st, (_, calls, params) in top[:explain]
+            if calls == 1 and params is not None
+        ]
+    out.send(
+        {
+            "seconds": seconds,
+            "peak_mb": peak,
+            "outcome": outcome,
+            "sql_seconds": sum(v[0] for v in spent.values()),
+            "statements": sum(v[1] for v in spent.values()),
+            "top": [(st, t, c) for st, (t, c, _) in top],
+            "plans": plans,
+        }
+    )
+
+
+def _spawn(url: str, what: str, explain: int) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(url, what, explain, child))
+    proc.start()
+    child.close()
+    try:
+        return parent.recv()  # type: ignore[no-any-return]
+    finally:
+        proc.join()
+
+
+def measure(label: str, url: str, *, explain: int, target: float | None) -> None:
+    """Two reconcile runs and one report, each in its own process, printed as they end."""
+    for what, title in (
+        ("reconcile", "reconcile_ec first run"),
+        ("reconcile", "reconcile_ec second run (no change)"),
+        ("report", "daily report data + HTML/CSV/PDF + prospetto"),
+    ):
+        r = _spawn(url, what, explain if what == "reconcile" and "second" in title else 0)
+        verdict = ""
+        if target is not None and what == "reconcile":
+            verdict = f"  (target <= {target:.0f} s: {'met' if r['seconds'] <= target else 'MISSED'})"
+        print(f"{label} {title}: {r['seconds']:.1f} s, peak memory {r['peak_mb']:.0f} MB{verdict}")
+        print(f"  SQL {r['sql_seconds']:.1f} s in {r['statements']:,} statements; {r['outcome']}")
+        for statement, seconds, calls in r["top"]:
+            print(f"  {seconds:7.2f} s {calls:6d}x  {statement[:200]}")
+        for statement, plan in r["plans"]:
+            print(f"  EXPLAIN ANALYZE of: {statement[:160]}")
+            print("\n".join("    " + line for line in plan.splitlines()))
+        sys.stdout.flush()
+
+
+def _pg_database(base_url: str) -> str:
+    name = f"pf_bench_{uuid.uuid4().hex[:10]}"
+    admin = make_engine(str(make_url(base_url).set(database="postgres")), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(base_url).set(database=name).render_as_string(hide_password=False)
+
+
+def _drop_pg_database(url: str) -> None:
+    admin = make_engine(str(make_url(url).set(database="postgres")), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--receipts", type=int, default=1_000_000)
+    parser.add_argument("--flows", type=int, default=20_000)
+    parser.add_argument("--movements", type=int, default=10_000)
+    parser.add_argument("--noise", type=float, default=0.02)
+    parser.add_argument("--skip-sqlite", action="store_true")
+    parser.add_argument(
+        "--explain",
+        type=int,
+        default=0,
+        metavar="N",
+        help="EXPLAIN ANALYZE the N slowest statements of the second run (PostgreSQL)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the PostgreSQL database and print its URL")
+    parser.add_argument("--url", help="measure a database loaded by an earlier --keep run (no load, no drop)")
+    args = parser.parse_args()
+    if args.movements > args.flows:
+        parser.error("--movements cannot exceed --flows (one credit per flow)")
+    if args.url:
+        measure(make_url(args.url).get_backend_name(), args.url, explain=args.explain, target=TARGET_SECONDS)
+        return
+    print(
+        f"{args.receipts:,} receipts, {args.flows:,} flows, {args.movements:,} movements, "
+        f"noise {args.noise:.0%}"
+    )
+    if not args.skip_sqlite:
+        with tempfile.TemporaryDirectory() as tmp:
+            url = f"sqlite:///{tmp}/bench.db"
+            print("SQLite:", flush=True)
+            prepare(url, n=args.receipts, flows=args.flows, moves=args.movements, noise=args.noise)
+            measure("SQLite", url, explain=0, target=None)
+    base = os.environ.get("PAGOFLOW_TEST_POSTGRES_URL")
+    if not base:
+        print("PostgreSQL: skipped (PAGOFLOW_TEST_POSTGRES_URL is not set)")
+        return
+    url = _pg_database(base)
+    try:
+        print("PostgreSQL:", flush=True)
+        prepare(url, n=args.receipts, flows=args.flows, moves=args.movements, noise=args.noise)
+        measure("PostgreSQL", url, explain=args.explain, target=TARGET_SECONDS)
+    finally:
+        if args.keep:
+            print(f"kept: {url}")
+        else:
+            _drop_pg_database(url)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,699 @@
+"""GPD debt positions (``openapi/gpd.json``) and ACA ``paCreatePosition`` (``openapi/paCreatePosition.json``).
+
+``GpdClient`` has one method per GPD operation (create, update, publish, invalidate, get, delete) and
+``AcaClient`` the single ACA one; both go through ``_RestConnector._call``, which times and journals every
+attempt (component ``gpd``/``aca``, keys id_dominio, iuv, nav, iupd), retries retriable faults a few times
+with exponential backoff honouring ``Retry-After``, and classifies errors into ``connectors.pagopa.errors``:
+2xx ok; 401/403 ``PagopaAuthError``; 404 ``PagopaNotFoundError``; 429, 5xx, timeouts, dropped connections
+and cut answers ``PagopaRetriableError``; any other refusal (400, 409, 422) ``PagopaBusinessError`` with
+``status``. Messages are pydantic models; amounts are integer euro cents, as GPD and ACA want them.
+The clients are async (``httpx.AsyncClient``): a publisher runs a batch's calls on one event loop, with
+a few worker coroutines each holding its own client (one keep-alive connection), as the bare client that
+measures the sandbox's capacity does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import threading
+from datetime import UTC, datetime
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any, ClassVar
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from sqlalchemy import insert
+
+from connectors.journal import KEY_COLUMNS, EventJournal, _text
+from connectors.pagopa.config import get_endpoints
+from connectors.pagopa.errors import (
+    PagopaAuthError,
+    PagopaBusinessError,
+    PagopaError,
+    PagopaNotFoundError,
+    PagopaRetriableError,
+    PagopaSchemaError,
+)
+from connectors.secrets import resolve_secret
+from models.journal import Event, Outcome, Role
+from models.settings import PayloadPolicy
+from models.types import utcnow
+from rules.publication import Candidate, cents, due_instant
+from rules.redaction import redact, redact_mapping, register_secret
+from rules.station import FAR_DUE_DATE, remittance_for
+
+log = logging.getLogger(__name__)
+
+SUBSCRIPTION_KEY_HEADER = "Ocp-Apim-Subscription-Key"
+_COUNTRY = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, frozen=True, extra="ignore")
+
+
+def _aware(value: Any) -> Any:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if isinstance(value, datetime) and value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)  # GPD reads and writes dates without an offset as UTC
+    return value
+
+
+# --- messages sent ---------------------------------------------------------------------------------------
+
+
+class GpdStamp(_Model):
+    """A digital revenue stamp credited by a transfer."""
+
+    hash_document: str = Field(serialization_alias="hashDocument", max_length=72)
+    stamp_type: str = Field(serialization_alias="stampType", min_length=2, max_length=2)
+    provincial_residence: str = Field(serialization_alias="provincialResidence", pattern=r"^[A-Z]{2}$")
+
+
+class GpdTransfer(_Model):
+    """One transfer (voce) of a payment option: IBAN or stamp, beneficiary EC, remittance, taxonomy."""
+
+    id_transfer: str = Field(serialization_alias="idTransfer", pattern=r"^[1-5]$")
+    amount: int = Field(ge=1)
+    organization_fiscal_code: str = Field(
+        serialization_alias="organizationFiscalCode", pattern=r"^[0-9]{11}$"
+    )
+    remittance_information: str = Field(serialization_alias="remittanceInformation", max_length=140)
+    category: str
+    iban: str | None = Field(default=None, max_length=35)
+    postal_iban: str | None = Field(default=None, serialization_alias="postalIban", max_length=35)
+    stamp: GpdStamp | None = None
+    company_name: str | None = Field(default=None, serialization_alias="companyName", max_length=140)
+    transfer_metadata: list[dict[str, str]] = Field(
+        default_factory=list, serialization_alias="transferMetadata"
+    )
+
+
+class GpdPaymentOption(_Model):
+    """The payment option of a position: one IUV/NAV, amount in cents, due date, 1–5 transfers."""
+
+    iuv: str
+    nav: str | None = None
+    amount: int = Field(ge=1)
+    description: str = Field(max_length=140)
+    is_partial_payment: bool = Field(default=False, serialization_alias="isPartialPayment")
+    due_date: datetime = Field(serialization_alias="dueDate")
+    transfer: list[GpdTransfer] = Field(min_length=1, max_length=5)
+    payment_option_metadata: list[dict[str, str]] = Field(
+        default_factory=list, serialization_alias="paymentOptionMetadata"
+    )
+
+
+class GpdDebtPosition(_Model):
+    """PaymentPositionModel: what create and update send."""
+
+    iupd: str
+    type: str = Field(pattern=r"^[FG]$")
+    fiscal_code: str = Field(serialization_alias="fiscalCode")
+    full_name: str = Field(serialization_alias="fullName")
+    street_name: str | None = Field(default=None, serialization_alias="streetName")
+    civic_number: str | None = Field(default=None, serialization_alias="civicNumber")
+    postal_code: str | None = Field(default=None, serialization_alias="postalCode")
+    city: str | None = None
+    province: str | None = None
+    country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
+    email: str | None = None
+    phone: str | None = None
+    switch_to_expired: bool = Field(serialization_alias="switchToExpired")
+    pay_stand_in: bool = Field(default=True, serialization_alias="payStandIn")
+    company_name: str = Field(serialization_alias="companyName", max_length=140)
+    office_name: str | None = Field(default=None, serialization_alias="officeName", max_length=140)
+    payment_option: list[GpdPaymentOption] = Field(serialization_alias="paymentOption", min_length=1)
+
+    def to_json(self) -> bytes:
+        """The request body."""
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+    def content_key(self) -> tuple[Any, ...]:
+        """What a GET of the stored copy must show for it to hold this message (see GpdPositionState)."""
+        return (self.company_name, tuple(sorted(_option_key(o) for o in self.payment_option)))
+
+
+class AcaPositionRequest(_Model):
+    """NewDebtPositionRequest of ``paCreatePosition``: amount 0 invalidates."""
+
+    pa_fiscal_code: str = Field(serialization_alias="paFiscalCode", pattern=r"^[0-9]{11}$")
+    entity_type: str = Field(serialization_alias="entityType", pattern=r"^[FG]$")
+    entity_fiscal_code: str = Field(serialization_alias="entityFiscalCode", min_length=2)
+    entity_full_name: str = Field(serialization_alias="entityFullName", min_length=1, max_length=255)
+    iuv: str
+    nav: str | None = None
+    amount: int = Field(ge=0, le=99_999_999_999)
+    description: str = Field(min_length=1, max_length=255)
+    expiration_date: datetime = Field(serialization_alias="expirationDate")
+    iban: str | None = Field(default=None, min_length=27, max_length=27)
+    postal_iban: str | None = Field(
+        default=None, serialization_alias="postalIban", min_length=27, max_length=27
+    )
+    switch_to_expired: bool = Field(default=False, serialization_alias="switchToExpired")
+    pay_stand_in: bool = Field(default=True, serialization_alias="payStandIn")
+
+    def to_json(self) -> bytes:
+        """The request body."""
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+# --- messages received -----------------------------------------------------------------------------------
+
+
+class GpdTransferState(_Model):
+    """A transfer as GPD holds it."""
+
+    id_transfer: str = Field(alias="idTransfer")
+    amount: int
+    organization_fiscal_code: str | None = Field(default=None, alias="organizationFiscalCode")
+    remittance_information: str | None = Field(default=None, alias="remittanceInformation")
+    category: str | None = None
+    iban: str | None = None
+    postal_iban: str | None = Field(default=None, alias="postalIban")
+    stamp: dict[str, Any] | None = None
+
+
+class GpdOptionState(_Model):
+    """A payment option as GPD holds it."""
+
+    iuv: str
+    nav: str | None = None
+    amount: int
+    description: str | None = None
+    due_date: datetime = Field(alias="dueDate")
+    transfer: list[GpdTransferState] = Field(default_factory=list)
+
+    _aware = field_validator("due_date", mode="before")(_aware)
+
+
+class GpdPositionState(_Model):
+    """A position as GPD answers it (create, update, publish, invalidate, get)."""
+
+    iupd: str
+    status: str
+    company_name: str | None = Field(default=None, alias="companyName")
+    payment_option: list[GpdOptionState] = Field(default_factory=list, alias="paymentOption")
+
+    @property
+    def iuvs(self) -> frozenset[str]:
+        """The IUVs the copy holds (GPD keeps them taken even once INVALID)."""
+        return frozenset(o.iuv for o in self.payment_option)
+
+    def content_key(self) -> tuple[Any, ...]:
+        """Comparable with ``GpdDebtPosition.content_key`` (GET does not return the debtor: not compared)."""
+        return (self.company_name, tuple(sorted(_option_key(o) for o in self.payment_option)))
+
+
+class AcaPositionState(_Model):
+    """DebtPositionResponse of ``paCreatePosition``."""
+
+    iuv: str
+    nav: str | None = None
+    amount: int | None = None
+    status: str | None = None
+
+
+def _option_key(option: GpdPaymentOption | GpdOptionState) -> tuple[Any, ...]:
+    transfers = tuple(
+        sorted(
+            (
+                int(t.id_transfer),
+                t.amount,
+                t.organization_fiscal_code,
+                t.remittance_information,
+                t.category,
+                t.iban,
+                t.postal_iban,
+                bool(t.stamp),
+            )
+            for t in option.transfer
+        )
+    )
+    return (
+        option.iuv,
+        option.nav,
+        option.amount,
+        option.description,
+        option.due_date.astimezone(UTC).replace(microsecond=0),
+        transfers,
+    )
+
+
+# --- building the messages from a position ---------------------------------------------------------------
+
+
+def _country(value: str | None) -> str | None:
+    code = (value or "").strip().upper()
+    return code if len(code) == 2 and set(code) <= _COUNTRY else None
+
+
+def gpd_position_from(candidate: Candidate, *, iupd: str) -> GpdDebtPosition:
+    """The GPD message of a position: one payment option, one transfer per voce, amounts in cents."""
+    c = candidate
+    if not c.iuv:
+        raise ValueError("a position without IUV cannot be published")
+    transfers = []
+    for item in c.items:
+        stamp = None
+        if item.kind == "STAMP":
+            stamp = GpdStamp(
+                hash_document=item.stamp_hash or "",
+                stamp_type=item.stamp_type or "",
+                provincial_residence=(item.stamp_province or "").upper(),
+            )
+        transfers.append(
+            GpdTransfer(
+                id_transfer=str(item.index),
+                amount=cents(item.amount),
+                organization_fiscal_code=item.id_dominio,
+                remittance_information=remittance_for(
+                    iuv=c.iuv, amount=item.amount, description=item.description
+                ),
+                category=c.category,
+                iban=None if stamp else item.iban,
+                postal_iban=item.iban if item.postal and not stamp else None,
+                stamp=stamp,
+                company_name=item.company_name[:140] if item.company_name else None,
+            )
+        )
+    option = GpdPaymentOption(
+        iuv=c.iuv,
+        nav=c.nav,
+        amount=cents(c.amount),
+        description=c.causale[:140],
+        due_date=due_instant(c.due_date or FAR_DUE_DATE).astimezone(UTC),
+        transfer=transfers,
+    )
+    return GpdDebtPosition(
+        iupd=iupd,
+        type=c.debtor_type if c.debtor_type in ("F", "G") else "F",
+        fiscal_code=c.debtor_id,
+        full_name=c.debtor_name,
+        street_name=c.debtor_address,
+        civic_number=c.debtor_civic,
+        postal_code=c.debtor_cap,
+        city=c.debtor_locality,
+        province=c.debtor_province,
+        country=_country(c.debtor_nation),
+        email=c.debtor_email,
+        phone=c.debtor_phone,
+        # past its due date a notice is not payable (our station answers PAA_PAGAMENTO_SCADUTO): GPD likewise
+        switch_to_expired=c.due_date is not None,
+        company_name=c.company_name[:140],
+        office_name=c.office_name[:140] if c.office_name else None,
+        payment_option=[option],
+    )
+
+
+def aca_request_from(candidate: Candidate, *, invalidate: bool = False) -> AcaPositionRequest:
+    """The ``paCreatePosition`` message of a position (single IBAN, see ``rules.publication.aca_problem``)."""
+    c = candidate
+    if not c.iuv:
+        raise ValueError("a position without IUV cannot be published")
+    iban = c.items[0].iban if c.items and not invalidate else None
+    postal = bool(c.items) and all(i.postal for i in c.items)
+    return AcaPositionRequest(
+        pa_fiscal_code=c.id_dominio,
+        entity_type=c.debtor_type if c.debtor_type in ("F", "G") else "F",
+        entity_fiscal_code=c.debtor_id,
+        entity_full_name=c.debtor_name[:255],
+        iuv=c.iuv,
+        nav=c.nav,
+        amount=0 if invalidate else cents(c.amount),
+        description=c.causale[:255],
+        expiration_date=due_instant(c.due_date or FAR_DUE_DATE).astimezone(UTC),
+        iban=iban,
+        postal_iban=iban if postal and iban else None,
+        switch_to_expired=c.due_date is not None,
+    )
+
+
+# --- the journal of a batch ------------------------------------------------------------------------------
+
+
+class BufferedJournal(EventJournal):
+    """An EventJournal that keeps events in memory until ``flush`` writes them with one bulk insert.
+
+    A batch of a few hundred calls costs one insert instead of one transaction per call, and rows instead
+    of ORM objects (building an Event object costs more than the HTTP call's own bookkeeping). A process
+    killed before ``flush`` loses the trace of that batch's calls, not their effect: a re-run converges.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._pending: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def row(
+        self,
+        *,
+        component: str,
+        operation: str,
+        role: Role,
+        outcome: Outcome,
+        duration_ms: int | None = None,
+        keys: dict[str, Any] | None = None,
+        request: str | bytes | None = None,
+        response: str | bytes | None = None,
+        http_status: int | None = None,
+        fault_code: str | None = None,
+        error: str | None = None,
+    ) -> dict[str, Any]:
+        """The column values ``build`` gives an Event (payload policy, redaction), as a plain row."""
+        keys = {k: v for k, v in (keys or {}).items() if v is not None}
+        keep = self.policy == PayloadPolicy.ALWAYS or (
+            self.policy == PayloadPolicy.ON_ERROR and outcome != Outcome.OK
+        )
+        extra = redact_mapping({k: str(v) for k, v in keys.items() if k not in KEY_COLUMNS})
+        cleaned = redact(error) if error else None
+        row: dict[str, Any] = {
+            "at": utcnow(),
+            "component": component,
+            "operation": operation,
+            "role": role.value,
+            "outcome": outcome.value,
+            "duration_ms": duration_ms,
+            "http_status": http_status,
+            "fault_code": fault_code,
+            "error": cleaned[:4000] if cleaned else None,
+            "keys": extra or None,
+            "request_payload": _text(request, self.max_payload) if keep else None,
+            "response_payload": _text(response, self.max_payload) if keep else None,
+        }
+        row.update({k: (str(keys[k]) if k in keys else None) for k in KEY_COLUMNS})
+        return row
+
+    def record(self, **kwargs: Any) -> None:
+        """Keep one event for the next flush."""
+        row = self.row(**kwargs)
+        with self._lock:
+            self._pending.append(row)
+
+    def flush(self) -> int:
+        """Write the kept events in one transaction (a failure is logged, never raised); returns how many."""
+        with self._lock:
+            rows, self._pending = self._pending, []
+        if rows:
+            try:
+                with self._session_factory() as session:
+                    session.execute(insert(Event.__table__), rows)  # type: ignore[attr-defined]
+                    session.commit()
+            except (
+                Exception
+            ):  # the exchanges themselves must not fail because their trace could not be written
+                log.exception("could not write %d journal event(s)", len(rows))
+        return len(rows)
+
+
+# --- the one call path -----------------------------------------------------------------------------------
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    raw = response.headers.get("Retry-After")
+    try:
+        return max(float(raw), 0.0) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def classify_response(response: httpx.Response, *, operation: str) -> PagopaError | None:
+    """The error an HTTP answer stands for (None for a 2xx)."""
+    status = response.status_code
+    if status < 300:
+        return None
+    text = response.text[:300]
+    code = None
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and body.get("title"):
+        code = str(body["title"])[:60]
+    message = f"HTTP {status}: {text}"
+    if status == 429 or status >= 500:
+        return PagopaRetriableError(
+            message, operation=operation, status=status, code=code, retry_after=_retry_after(response)
+        )
+    if status in (401, 403):
+        return PagopaAuthError(message, operation=operation, status=status, code=code)
+    if status == 404:
+        return PagopaNotFoundError(message, operation=operation, status=status, code=code)
+    return PagopaBusinessError(message, operation=operation, status=status, code=code)
+
+
+def subscription_key(ref: str | None) -> SecretStr | None:
+    """The subscription key of a station (its ``api_key_ref``), else the endpoints' default reference."""
+    return resolve_secret(ref or get_endpoints().subscription_key_ref)
+
+
+class _RestConnector:
+    """The shared call path of the GPD and ACA clients (async: a batch runs its calls on one event loop)."""
+
+    component: ClassVar[str]
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        subscription_key: SecretStr | None,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        journal: EventJournal | None = None,
+        attempts: int = 3,
+        backoff: float = 1.0,
+        max_retry_after: float = 30.0,
+        connections: int = 8,
+    ) -> None:
+        headers = {"Accept": "application/json", "Content-Type": "application/json"}
+        if subscription_key is not None:
+            register_secret(subscription_key.get_secret_value())
+            headers[SUBSCRIPTION_KEY_HEADER] = subscription_key.get_secret_value()
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
+            limits=limits,
+            verify=_tls_context(),
+        )
+        self.journal = journal or EventJournal()
+        self._attempts, self._backoff, self._max_retry_after = attempts, backoff, max_retry_after
+
+    @classmethod
+    def from_endpoints(
+        cls,
+        *,
+        base_url: str | None = None,
+        subscription_key: SecretStr | None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        journal: EventJournal | None = None,
+        connections: int | None = None,
+    ) -> Any:
+        """A client configured by the PAGOFLOW_PAGOPA_* settings (``connections``: its pool size)."""
+        ep = get_endpoints()
+        return cls(
+            base_url=base_url or cls._default_url(),
+            subscription_key=subscription_key,
+            timeout=ep.timeout_seconds,
+            transport=transport,
+            journal=journal,
+            attempts=ep.call_attempts,
+            backoff=ep.retry_backoff_seconds,
+            max_retry_after=ep.max_retry_after_seconds,
+            connections=connections or ep.publish_concurrency,
+        )
+
+    @staticmethod
+    def _default_url() -> str:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Any:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections."""
+        await self._http.aclose()
+
+    async def _call(
+        self, operation: str, method: str, path: str, *, keys: dict[str, Any], body: bytes | None = None
+    ) -> Any:
+        """One operation: journaled per attempt, retried on retriable faults, errors classified; the JSON."""
+        delay = self._backoff
+        for attempt in range(1, self._attempts + 1):
+            try:
+                return await self._attempt(
+                    operation, method, path, body=body, keys=keys | {"attempt": attempt}
+                )
+            except PagopaError as exc:
+                if not exc.retriable or attempt == self._attempts:
+                    raise
+                wait = delay if exc.retry_after is None else min(exc.retry_after, self._max_retry_after)
+                log.info("%s %s attempt %d failed (%s), again in %.1fs", self.component, operation, attempt,
+                         exc.reason, wait)  # fmt: skip
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    async def _attempt(
+        self, operation: str, method: str, path: str, *, body: bytes | None, keys: dict[str, Any]
+    ) -> Any:
+        with self.journal.exchange(
+            component=self.component, operation=operation, role=Role.CLIENT, keys=keys
+        ) as ex:
+            if self.journal.policy == PayloadPolicy.ALWAYS:  # otherwise only failures keep payloads
+                ex.request = _request_text(method, path, body)
+            try:
+                response = await self._http.request(method, path, content=body)
+            except httpx.TimeoutException as exc:
+                ex.request = _request_text(method, path, body)
+                raise PagopaRetriableError(f"timeout: {exc}", operation=operation) from exc
+            except httpx.TransportError as exc:  # refused, reset, dropped, cut body
+                ex.request = _request_text(method, path, body)
+                raise PagopaRetriableError(f"{type(exc).__name__}: {exc}", operation=operation) from exc
+            ex.http_status = response.status_code
+            error = classify_response(response, operation=operation)
+            if error is not None:
+                ex.request, ex.response = _request_text(method, path, body), response.content
+                if error.retriable:
+                    ex.outcome = Outcome.FAIL
+                    ex.fault_code, ex.error = error.code or f"HTTP_{response.status_code}", error.reason
+                else:
+                    ex.ko(fault_code=error.code or f"HTTP_{response.status_code}", error=error.reason)
+                raise error
+            try:
+                return json.loads(response.content, parse_float=Decimal)
+            except ValueError as exc:
+                ex.request, ex.response = _request_text(method, path, body), response.content
+                # a cut answer is a transport accident: asking again gives the whole one (or a 409 to read)
+                raise PagopaRetriableError(
+                    f"answer is not JSON ({exc})", operation=operation, status=response.status_code
+                ) from exc
+
+
+@lru_cache(maxsize=1)
+def _tls_context() -> ssl.SSLContext:
+    """The default certificate-checking TLS context, built once: loading the CAs costs ~25 ms a client."""
+    return ssl.create_default_context()
+
+
+def _request_text(method: str, path: str, body: bytes | None) -> str:
+    return f"{method} {path}" + (f"\n\n{body.decode()}" if body else "")
+
+
+def _state(body: Any, operation: str) -> GpdPositionState:
+    try:
+        return GpdPositionState.model_validate(body)
+    except ValidationError as exc:
+        raise PagopaSchemaError(f"unexpected debt position: {exc}", operation=operation) from exc
+
+
+def _keys(ec: str, iupd: str, iuv: str | None, nav: str | None) -> dict[str, Any]:
+    return {"id_dominio": ec, "iupd": iupd, "iuv": iuv, "nav": nav}
+
+
+def _publish(to_publish: bool) -> str:
+    return f"?toPublish={'true' if to_publish else 'false'}"
+
+
+class GpdClient(_RestConnector):
+    """GPD debt positions for one subscription key; paths are relative to ``gpd_url``."""
+
+    component = "gpd"
+
+    @staticmethod
+    def _default_url() -> str:
+        return get_endpoints().gpd_url
+
+    async def create(
+        self, *, ec: str, position: GpdDebtPosition, to_publish: bool = True
+    ) -> GpdPositionState:
+        """Create a position (201); 409 when its IUPD or one of its IUVs exists for the EC."""
+        option = position.payment_option[0]
+        body = await self._call(
+            "createPosition", "POST", f"/organizations/{ec}/debtpositions{_publish(to_publish)}",
+            body=position.to_json(), keys=_keys(ec, position.iupd, option.iuv, option.nav),
+        )  # fmt: skip
+        return _state(body, "createPosition")
+
+    async def update(
+        self, *, ec: str, iupd: str, position: GpdDebtPosition, to_publish: bool = True
+    ) -> GpdPositionState:
+        """Replace a DRAFT/PUBLISHED/VALID position; 409 for any other status, 404 when unknown."""
+        option = position.payment_option[0]
+        body = await self._call(
+            "updatePosition", "PUT", f"/organizations/{ec}/debtpositions/{iupd}{_publish(to_publish)}",
+            body=position.to_json(), keys=_keys(ec, iupd, option.iuv, option.nav),
+        )  # fmt: skip
+        return _state(body, "updatePosition")
+
+    async def publish(
+        self, *, ec: str, iupd: str, iuv: str | None = None, nav: str | None = None
+    ) -> GpdPositionState:
+        """Publish a DRAFT position."""
+        body = await self._call(
+            "publishPosition", "POST", f"/organizations/{ec}/debtpositions/{iupd}/publish",
+            keys=_keys(ec, iupd, iuv, nav),
+        )  # fmt: skip
+        return _state(body, "publishPosition")
+
+    async def invalidate(
+        self, *, ec: str, iupd: str, iuv: str | None = None, nav: str | None = None
+    ) -> GpdPositionState:
+        """Invalidate a PUBLISHED/VALID/EXPIRED position (terminal: its IUPD and IUVs stay taken)."""
+        body = await self._call(
+            "invalidatePosition", "POST", f"/organizations/{ec}/debtpositions/{iupd}/invalidate",
+            keys=_keys(ec, iupd, iuv, nav),
+        )  # fmt: skip
+        return _state(body, "invalidatePosition")
+
+    async def get(
+        self, *, ec: str, iupd: str, iuv: str | None = None, nav: str | None = None
+    ) -> GpdPositionState:
+        """One position with its options and status; ``PagopaNotFoundError`` when unknown."""
+        body = await self._call(
+            "getOrganizationDebtPositionByIUPD", "GET", f"/organizations/{ec}/debtpositions/{iupd}",
+            keys=_keys(ec, iupd, iuv, nav),
+        )  # fmt: skip
+        return _state(body, "getOrganizationDebtPositionByIUPD")
+
+    async def delete(self, *, ec: str, iupd: str, iuv: str | None = None, nav: str | None = None) -> None:
+        """Delete a DRAFT/PUBLISHED/VALID position, freeing its IUPD and IUVs."""
+        await self._call(
+            "deletePosition",
+            "DELETE",
+            f"/organizations/{ec}/debtpositions/{iupd}",
+            keys=_keys(ec, iupd, iuv, nav),
+        )
+
+
+class AcaClient(_RestConnector):
+    """ACA ``paCreatePosition``; paths are relative to ``aca_url``."""
+
+    component = "aca"
+
+    @staticmethod
+    def _default_url() -> str:
+        return get_endpoints().aca_url
+
+    async def create_position(self, *, request: AcaPositionRequest) -> AcaPositionState:
+        """Create, update (same IUV) or invalidate (amount 0) a single-IUV position."""
+        keys = {"id_dominio": request.pa_fiscal_code, "iuv": request.iuv, "nav": request.nav,
+                "amount": request.amount}  # fmt: skip
+        body = await self._call(
+            "newDebtPosition", "POST", "/paCreatePosition", body=request.to_json(), keys=keys
+        )
+        try:
+            return AcaPositionState.model_validate(body)
+        except ValidationError as exc:
+            raise PagopaSchemaError(f"unexpected ACA answer: {exc}", operation="newDebtPosition") from exc
