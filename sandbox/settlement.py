@@ -49,6 +49,7 @@ from sandbox.builders.treasury import (
     build_journal,
     journal_filename,
 )
+from sandbox import gpd
 from sandbox.state import PaidTransfer, SandboxState, get_state
 
 logger = logging.getLogger(__name__)
@@ -711,6 +712,9 @@ def settle(state: SandboxState, request: SettleRequest) -> dict[str, Any]:
         for flow, lines in built:
             for t in lines:
                 t.settled = True
+                # the GPD copy of a reported notice moves towards REPORTED, as pagoPA's does
+                gpd.mark_reported(state, fiscal_code=t.ec_fiscal_code, iuv=t.iuv, transfer_index=t.transfer_index,
+                                  flow_id=flow.id_flusso, reported_at=published_at)
             if flow.id_flusso in deferred:
                 rep.pending.append(flow)
             else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -416,6 +416,18 @@ def test_gpd_hosted_pays_without_the_station(client: httpx.Client, station: Test
     assert pay(client, "301000000000000241")["outcome"] == "OK"
     assert client.get(f"{GPD}/PLAN-1", headers=H).json()["status"] == "PAID"
     assert client.delete(f"{GPD}/PLAN-1", headers=H).status_code == 409
+
+
+def test_settlement_moves_the_gpd_copy_to_reported(client: httpx.Client, station: TestStation) -> None:
+    configure(client, url=station.url, gpd_hosted=True)
+    station.add_notice(nav=NAV, amount="10.00")
+    assert client.post(f"{GPD}?toPublish=true", json=gpd_position("REP-1", IUV, 1000), headers=H).status_code == 201
+    assert pay(client)["outcome"] == "OK"
+    assert client.get(f"{GPD}/REP-1", headers=H).json()["status"] == "PAID"
+    settled = client.post("/sandbox/settle", json={"date": date.today().isoformat()}).json()
+    assert len(settled["flows"]) == 1
+    body = client.get(f"{GPD}/REP-1", headers=H).json()
+    assert body["status"] == "REPORTED" and body["paymentOption"][0]["status"] == "PO_REPORTED"
 
 
 # --- receipts pull ------------------------------------------------------------------------------------
