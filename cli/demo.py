@@ -179,7 +179,7 @@ def _serve(app: Any, port: int) -> tuple[Any, threading.Thread]:
 
 
 def run_demo(*, workdir: Path, positions: int = 2000, seed: int = 2026, console: Console | None = None,
-             prefect_server: bool = True) -> DemoResult:
+             prefect_server: bool = True, faults: float = 0.05) -> DemoResult:
     """Run the demo end to end; returns counts and report paths. Everything started is stopped."""
     console = console or Console()
     workdir = workdir.resolve()
@@ -194,7 +194,7 @@ def run_demo(*, workdir: Path, positions: int = 2000, seed: int = 2026, console:
         "PAGOFLOW_NOTIFY_TRIBUTI_PASSWORD": NOTIFY_PASSWORD, "PAGOFLOW_SFTP_COMUNE_PASSWORD": SFTP_PASSWORD,
         "PAGOFLOW_PAGOPA_TASK_RETRY_DELAY_SECONDS": "1", "PAGOFLOW_PAGOPA_RETRY_BACKOFF_SECONDS": "0.2",
         "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore", "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore", "PREFECT_LOGGING_LEVEL": "ERROR",
     })
     if prefect_server:
         (workdir / "prefect").mkdir()
@@ -202,7 +202,7 @@ def run_demo(*, workdir: Path, positions: int = 2000, seed: int = 2026, console:
         if api_url:
             os.environ["PREFECT_API_URL"] = api_url
         _clear_caches()
-        _run_stages(result, workdir=workdir, positions=positions, seed=seed, console=console)
+        _run_stages(result, workdir=workdir, positions=positions, seed=seed, console=console, faults=faults)
     return result
 
 
@@ -223,7 +223,8 @@ def _clear_caches() -> None:
     registry_cache.clear()
 
 
-def _run_stages(result: DemoResult, *, workdir: Path, positions: int, seed: int, console: Console) -> None:
+def _run_stages(result: DemoResult, *, workdir: Path, positions: int, seed: int, console: Console,
+                faults: float) -> None:
     import logging
 
     import paramiko
@@ -257,7 +258,7 @@ def _run_stages(result: DemoResult, *, workdir: Path, positions: int, seed: int,
         with Progress(TextColumn("{task.description:<34}"), BarColumn(), TextColumn("{task.fields[info]}"),
                       TimeElapsedColumn(), console=console) as progress:
             _pipeline(result, progress=progress, sandbox_url=sandbox.url, workdir=workdir, positions=positions,
-                      seed=seed)
+                      seed=seed, faults=faults)
         result.counts["notifications received by the application"] = len(notified)
     finally:
         for server, thread in servers:
@@ -286,8 +287,18 @@ def _configure_sandbox(url: str, *, station: str, bank: Path) -> None:
     httpx.put(f"{url}/sandbox/config", json=config, timeout=10).raise_for_status()
 
 
+def fault_rules(rate: float) -> list[dict[str, Any]]:
+    """Sandbox faults on every pagoPA service the platform calls: latency, 5xx/429 and dropped connections."""
+    if rate <= 0:
+        return []
+    return [{"path": prefix, "latencyMs": 5, "jitterMs": 20, "errorRate": rate, "error": error,
+             "dropRate": rate / 2, "retryAfter": 0}
+            for prefix, error in (("/gpd/", "http_503"), ("/aca/", "http_502"), ("/fdr-org/", "http_429"),
+                                  ("/bizevents/", "http_503"), ("/nodo/", "soap_fault"))]
+
+
 def _pipeline(result: DemoResult, *, progress: Progress, sandbox_url: str, workdir: Path, positions: int,
-              seed: int) -> None:
+              seed: int, faults: float) -> None:
     from flows.download_reporting_flows import download_reporting_flows
     from flows.ingest_treasury import ingest_treasury
     from flows.load_positions import load_positions
@@ -309,14 +320,12 @@ def _pipeline(result: DemoResult, *, progress: Progress, sandbox_url: str, workd
     result.counts["bulk"] = loaded
 
     t = stage("publish to GPD/ACA (publish-positions)")
-    httpx.put(f"{sandbox_url}/sandbox/faults", json={"seed": seed, "rules": [
-        {"path": "/gpd/", "method": "POST", "errorRate": 0.05, "error": "http_503"},
-        {"path": "/gpd/", "dropRate": 0.02}]}, timeout=10)
-    published = publish_positions()
-    httpx.delete(f"{sandbox_url}/sandbox/faults", timeout=10)
-    if published.get("failed"):
-        published = publish_positions()  # what failed stays queued: the next run sends it
-    progress.update(t, completed=1, info=_short(published))
+    # pagoPA misbehaves from here on (latency, errors, dropped connections): every stage must converge anyway
+    httpx.put(f"{sandbox_url}/sandbox/faults", json={"seed": seed, "rules": fault_rules(faults)},
+              timeout=10).raise_for_status()
+    published = _converge(publish_positions, done=lambda r: not r.get("failed"), total="published")
+    published["published"] = _count_published()  # the database says what is published, whatever runs failed
+    progress.update(t, completed=1, info=f"{published['published']} published")
     result.counts["publication"] = published
 
     t = stage("citizens pay at the PSPs (sandbox)")
@@ -330,8 +339,8 @@ def _pipeline(result: DemoResult, *, progress: Progress, sandbox_url: str, workd
     result.counts["payments"] = {"ok": paid.get("ok"), "ko": paid.get("ko")}
 
     t = stage("receipts and notifications")
-    recovered = receipts()
-    notified = notify_applications()
+    recovered = _converge(receipts)
+    notified = _converge(notify_applications, done=lambda r: not r.get("failed"), total="delivered")
     progress.update(t, completed=1, info=_short(notified))
     result.counts["receipts"] = recovered
     result.counts["notifications"] = notified
@@ -342,15 +351,16 @@ def _pipeline(result: DemoResult, *, progress: Progress, sandbox_url: str, workd
     progress.update(t, completed=1, info=f"{len(settled.get('flows', []))} flows")
 
     t = stage("download reporting flows")
-    downloaded = download_reporting_flows()
+    downloaded = _converge(download_reporting_flows)
     progress.update(t, completed=1, info=_short(downloaded))
     result.counts["reporting"] = downloaded
 
     t = stage("ingest the treasury journal (SFTP)")
-    ingested = ingest_treasury(archive=False)
+    ingested = _converge(ingest_treasury, archive=False)
     progress.update(t, completed=1, info=_short(ingested))
     result.counts["treasury"] = ingested
 
+    httpx.delete(f"{sandbox_url}/sandbox/faults", timeout=10)
     t = stage("reconcile")
     reconciled = reconcile()
     progress.update(t, completed=1, info=", ".join(f"{s['id_dominio']}: {s['flows_cashed']} flows cashed"
@@ -359,6 +369,37 @@ def _pipeline(result: DemoResult, *, progress: Progress, sandbox_url: str, workd
     result.reports.extend(_reports(workdir))
     with session_scope() as session:
         result.counts["figures"] = [f.__dict__ for f in ec_figures(session)]
+
+
+def _converge(run, *, done=None, total: str | None = None, attempts: int = 4, **kwargs: Any) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Run a flow until it completes and ``done`` holds, as its schedule would (every stage is idempotent).
+
+    ``total`` names a count to add up across the runs (e.g. positions published by the first and the second run).
+    """
+    summed = 0
+    result: dict[str, Any] = {}
+    for _ in range(attempts):
+        state = run(**kwargs, return_state=True)
+        value = state.result(raise_on_failure=False)
+        result = value if isinstance(value, dict) else {}
+        if total:
+            summed += int(result.get(total, 0) or 0)
+        if state.is_completed() and (done is None or done(result)):
+            break
+    if total:
+        result = {**result, total: summed}
+    return result
+
+
+def _count_published() -> int:
+    from sqlmodel import func, select
+
+    from models.db import session_scope
+    from models.positions import Position
+
+    with session_scope() as session:
+        return int(session.exec(select(func.count()).select_from(Position)
+                                .where(Position.publication_state == "PUBLISHED")).one())
 
 
 def _payable(*, limit: int) -> list[tuple[str, str]]:

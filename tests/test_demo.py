@@ -24,7 +24,8 @@ def restore_env():  # type: ignore[no-untyped-def]
 
 def test_the_demo_runs_the_whole_day_and_its_totals_add_up(tmp_path: Path, prefect_harness: None,
                                                            restore_env: None) -> None:
-    result = run_demo(workdir=tmp_path / "demo", positions=120, seed=7, prefect_server=False)
+    # pagoPA faults (latency, 10% errors, 5% dropped connections) on GPD, ACA, FdR, Biz-Events and the Node
+    result = run_demo(workdir=tmp_path / "demo", positions=120, seed=7, prefect_server=False, faults=0.10)
     counts = result.counts
     assert counts["bulk"]["total_rows"] == 120
     assert counts["publication"]["published"] == 120, counts["publication"]
@@ -41,3 +42,15 @@ def test_the_demo_runs_the_whole_day_and_its_totals_add_up(tmp_path: Path, prefe
         assert ec["cashed"] > Decimal("0") and ec["cashed"] <= ec["paid"]
     assert scuola["cashed"] == scuola["paid"]  # nothing odd happened to the school: all its money is explained
     assert (result.workdir / "pagoflow.db").exists()
+    from models.db import session_scope
+    from sqlmodel import func, select
+    from models.notifications import Notification
+    from models.payments import Receipt
+    from models.reporting import ReportingFlow
+
+    with session_scope() as s:  # exactly once: no receipt, notification or flow stored twice
+        assert s.exec(select(func.count()).select_from(Receipt).where(Receipt.state == "ACCEPTED")).one() == receipts
+        assert s.exec(select(func.count()).select_from(Notification).where(
+            Notification.state == "DELIVERED")).one() == comune["receipts"]
+        flows = s.exec(select(ReportingFlow.id_flusso)).all()
+        assert len(flows) == len(set(flows))
