@@ -21,7 +21,9 @@ def validate_ref(ref: str) -> None:
     """Raise ValueError unless ``ref`` is a supported reference; secrets never sit in the registry itself."""
     scheme, _, name = ref.partition(":")
     if scheme not in {"env", "block"} or not name:
-        raise ValueError("a secret is given as 'env:VARIABLE' or 'block:PREFECT_SECRET_BLOCK', never in clear")
+        raise ValueError(
+            "a secret is given as 'env:VARIABLE' or 'block:PREFECT_SECRET_BLOCK', never in clear"
+        )
 
 
 def resolve_secret(ref: str | None) -> SecretStr | None:

@@ -1,13 +1,23 @@
-"""A receipt as pagoPA gives it (pushed by paSendRT/paSendRTV2 or pulled), independent of the wire format."""
+"""A receipt as pagoPA gives it (pushed by paSendRT/paSendRTV2 or pulled), independent of the wire format.
+
+``receipt_from_xml`` maps the paForNode receipt element, whoever brought it: the station (pushed) and the
+GPD receipts connector (pulled) both use it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from zoneinfo import ZoneInfo
 
+from lxml import etree
+
+from rules.xmlsafe import local_name
+
 ROME = ZoneInfo("Europe/Rome")
+RT_ELEMENTS = frozenset({"paSendRTV2Request", "paSendRTReq"})
+_CENT = Decimal("0.01")
 
 
 def parse_pagopa_datetime(value: str) -> datetime:
@@ -16,6 +26,16 @@ def parse_pagopa_datetime(value: str) -> datetime:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=ROME)
     return parsed.astimezone(ZoneInfo("UTC"))
+
+
+def parse_pagopa_date(value: str | None) -> date | None:
+    """The day of a pagoPA date or timestamp (its first ten characters); None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value.strip()[:10])
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -78,3 +98,86 @@ class ReceiptIn:
         if self.outcome == "OK" and not any(t.fiscal_code == self.id_pa for t in self.transfers):
             out.append(f"no transfer credits {self.id_pa}")
         return out
+
+
+# --- the paForNode receipt (paSendRTV2Request / paSendRTReq) -----------------------------------------------
+
+
+def _child(element: etree._Element | None, *path: str) -> etree._Element | None:
+    for name in path:
+        if element is None:
+            return None
+        element = next((c for c in element if isinstance(c.tag, str) and local_name(c) == name), None)
+    return element
+
+
+def _text(element: etree._Element | None, *path: str) -> str | None:
+    found = _child(element, *path)
+    if found is None or found.text is None:
+        return None
+    return found.text.strip() or None
+
+
+def _money(value: str | None, *, name: str) -> Decimal:
+    try:
+        return Decimal(value or "").quantize(_CENT)
+    except InvalidOperation as exc:
+        raise ValueError(f"{name} is not an amount: {value!r}") from exc
+
+
+def receipt_from_xml(element: etree._Element, *, id_pa: str, raw: str | bytes) -> ReceiptIn:
+    """A ``paSendRTV2Request``/``paSendRTReq`` element as the receipt for ``id_pa`` (ValueError if not one).
+
+    ``raw`` is the message as it arrived, kept as the receipt's payload; a time without an offset is Italian.
+    """
+    if local_name(element) not in RT_ELEMENTS:
+        raise ValueError(f"expected paSendRTV2Request or paSendRTReq, got {local_name(element)}")
+    r = _child(element, "receipt")
+    if r is None:
+        raise ValueError("no receipt element")
+    transfer_list = _child(r, "transferList")
+    elements = [c for c in transfer_list if isinstance(c.tag, str)] if transfer_list is not None else []
+    transfers = tuple(
+        ReceiptTransfer(
+            id_transfer=int(_text(t, "idTransfer") or index),
+            amount=_money(_text(t, "transferAmount"), name="transferAmount"),
+            fiscal_code=_text(t, "fiscalCodePA") or "",
+            iban=_text(t, "IBAN"),
+            remittance=_text(t, "remittanceInformation"),
+            category=_text(t, "transferCategory"),
+            stamp=_child(t, "MBDAttachment") is not None,
+        )
+        for index, t in enumerate(elements, start=1)
+    )
+    receipt_id, nav, iuv = _text(r, "receiptId"), _text(r, "noticeNumber"), _text(r, "creditorReferenceId")
+    if not (receipt_id and nav and iuv):
+        raise ValueError("receiptId, noticeNumber and creditorReferenceId are required")
+    paid_at, fee = _text(r, "paymentDateTime"), _text(r, "fee")
+    return ReceiptIn(
+        receipt_id=receipt_id,
+        id_pa=id_pa,
+        fiscal_code=_text(r, "fiscalCode") or "",
+        notice_number=nav,
+        iuv=iuv,
+        outcome=(_text(r, "outcome") or "KO").upper(),
+        amount=_money(_text(r, "paymentAmount"), name="paymentAmount"),
+        transfers=transfers,
+        description=_text(r, "description"),
+        company_name=_text(r, "companyName"),
+        debtor_id=_text(r, "debtor", "uniqueIdentifier", "entityUniqueIdentifierValue"),
+        debtor_name=_text(r, "debtor", "fullName"),
+        payer_id=_text(r, "payer", "uniqueIdentifier", "entityUniqueIdentifierValue"),
+        payer_name=_text(r, "payer", "fullName"),
+        psp_id=_text(r, "idPSP"),
+        psp_name=_text(r, "PSPCompanyName"),
+        channel_id=_text(r, "idChannel"),
+        payment_method=_text(r, "paymentMethod"),
+        payment_note=_text(r, "paymentNote"),
+        fee=_money(fee, name="fee") if fee else None,
+        payment_at=parse_pagopa_datetime(paid_at) if paid_at else None,
+        application_date=parse_pagopa_date(_text(r, "applicationDate")),
+        transfer_date=parse_pagopa_date(_text(r, "transferDate")),
+        standin=(_text(r, "standIn") or "false") == "true",
+        payload=raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw,
+        payload_format="XML",
+    )

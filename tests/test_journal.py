@@ -100,3 +100,23 @@ def test_a_journal_that_cannot_write_does_not_break_the_exchange() -> None:
 
     journal = EventJournal(session_factory=broken, policy=PayloadPolicy.ALWAYS)
     journal.record(component="x", operation="y", role=Role.CLIENT, outcome=Outcome.OK)
+
+
+def test_a_buffered_journal_writes_the_same_events_on_flush(db: Database) -> None:
+    register_secret("sk-buffered-0123456789")
+    direct = _journal(db, PayloadPolicy.ON_ERROR)
+    buffered = EventJournal(session_factory=db.session, policy=PayloadPolicy.ON_ERROR, buffered=True)
+    for journal in (direct, buffered):
+        with pytest.raises(RuntimeError), journal.exchange(
+            component="gpd", operation="createPosition", role=Role.CLIENT,
+            keys={"id_dominio": "01234567897", "iupd": "U1", "attempt": 1},
+        ) as ex:
+            ex.request = "POST /x sk-buffered-0123456789"
+            raise RuntimeError("dropped")
+    assert len(_events(db)) == 1  # the buffered one waits for flush
+    assert buffered.flush() == 1 and buffered.flush() == 0
+    first, second = _events(db)
+    columns = ("component", "operation", "role", "outcome", "id_dominio", "keys", "error", "request_payload")
+    assert [getattr(first, c) for c in columns] == [getattr(second, c) for c in columns]
+    assert second.keys == {"iupd": "U1", "attempt": "1"}
+    assert "sk-buffered" not in (second.request_payload or "")

@@ -23,6 +23,7 @@ from models.notifications import Notification
 from models.payments import Collection, PaymentAttempt, Receipt
 from models.positions import Position
 from models.reporting import ReportingFlow, ReportingLine
+from rules.receipts import receipt_from_xml
 from sandbox.psp import ReceiptFacts, build_receipt_request
 from sandbox.receipts import BIZ_EVENTS_BASE, GPD_RECEIPTS_BASE, receipt_json
 from sandbox.state import PaymentData, PspConfig, StationConfig
@@ -34,7 +35,6 @@ from tests.factories_payments import COMUNE, IBAN, renumber, scenario_notice
 from tests.platform_env import STATION_KEY, PlatformEnv, platform_and_sandbox
 from tests.test_station import make_position
 from web import soap
-from web.station import _receipt_in
 
 PROVINCIA = "00987654324"
 PAID_AT = datetime(2026, 7, 1, 9, 30, 5, tzinfo=UTC)
@@ -126,7 +126,7 @@ def _comparable(receipt: Any) -> Any:
 
 def test_pulled_receipts_map_like_the_pushed_one() -> None:
     sandbox = _sandbox_receipt()
-    pushed = _receipt_in(etree.fromstring(sandbox.xml), id_pa=PROVINCIA, raw=sandbox.xml)
+    pushed = receipt_from_xml(etree.fromstring(sandbox.xml), id_pa=PROVINCIA, raw=sandbox.xml)
     from_gpd = receipt_from_rt_xml(sandbox.xml, id_pa=PROVINCIA)
     body = json.loads(json.dumps(receipt_json(sandbox, psp_name="Banca Sandbox")), parse_float=Decimal)
     from_biz = receipt_from_biz_event(body, id_pa=PROVINCIA)

@@ -8,7 +8,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import date
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -23,7 +23,7 @@ from models.payments import ReceiptSource
 from models.positions import Position, PositionItem
 from models.registry import Broker, Creditor, DebtType, Station
 from models.settings import get_settings
-from rules.receipts import ReceiptIn, ReceiptTransfer, parse_pagopa_datetime
+from rules.receipts import receipt_from_xml
 from rules.station import (
     FAR_DUE_DATE,
     StationFault,
@@ -102,7 +102,7 @@ registry_cache = _RegistryCache()
 
 
 def authenticated(station: Station, headers: dict[str, str], client_host: str | None) -> bool:
-    """Whether the caller passes the station's inbound authentication (subscription key, cert header or IP)."""
+    """Whether the caller passes the station's inbound authentication (subscription key, cert header, IP)."""
     method = station.auth_method
     if method == "IP_ALLOW_LIST":
         allowed = {ip.strip() for ip in (station.allowed_ips or "").split(",") if ip.strip()}
@@ -203,15 +203,17 @@ class _Call:
         items = self._items(position)
         requested = soap.text(self.payload, "amount")
         if requested is not None and Decimal(requested) != position.amount:
-            raise StationFault("PAA_SEMANTICA", id_dominio=self.id_pa,
-                               description=f"amount {requested} differs from the amount due {position.amount}")
+            raise StationFault(
+                "PAA_SEMANTICA", id_dominio=self.id_pa,
+                description=f"amount {requested} differs from the amount due {position.amount}")
         debt_type = self.session.exec(select(DebtType).where(DebtType.id_dominio == position.id_dominio,
                                                              DebtType.code == position.debt_type)).first()
         transfers = [
             TransferOut(id_transfer=i.item_index, amount=i.amount, fiscal_code=i.id_dominio,
-                        company_name=registry.creditors[i.id_dominio].name if i.id_dominio in registry.creditors
-                        else None, iban=i.iban,
-                        remittance=remittance_for(iuv=position.iuv or "", amount=i.amount, description=i.description),
+                        company_name=registry.creditors[i.id_dominio].name
+                        if i.id_dominio in registry.creditors else None, iban=i.iban,
+                        remittance=remittance_for(iuv=position.iuv or "", amount=i.amount,
+                                                  description=i.description),
                         category=transfer_category(item_taxonomy=None,
                                                    position_taxonomy=position.taxonomy or
                                                    (debt_type.taxonomy if debt_type else None)),
@@ -254,7 +256,7 @@ class _Call:
         return out
 
     def send_rt(self, creditor: Creditor, raw: bytes) -> etree._Element:
-        receipt = _receipt_in(self.payload, id_pa=self.id_pa, raw=raw)
+        receipt = receipt_from_xml(self.payload, id_pa=self.id_pa, raw=raw)
         self.keys |= {"receipt_id": receipt.receipt_id, "iuv": receipt.iuv}
         problems = receipt.problems()
         if problems:
@@ -268,45 +270,6 @@ class _Call:
         if outcome.status == "UNKNOWN":
             raise StationFault("PAA_PAGAMENTO_SCONOSCIUTO", id_dominio=self.id_pa)
         return _response(self.response_name)
-
-
-def _decimal(value: str | None) -> Decimal | None:
-    try:
-        return Decimal(value) if value is not None else None
-    except InvalidOperation:
-        return None
-
-
-def _receipt_in(payload: etree._Element, *, id_pa: str, raw: bytes) -> ReceiptIn:
-    r = soap.find(payload, "receipt")
-    transfers = []
-    transfer_list = soap.find(r, "transferList")
-    for t in (transfer_list if transfer_list is not None else []):
-        if not isinstance(t.tag, str):
-            continue
-        transfers.append(ReceiptTransfer(
-            id_transfer=int(soap.text(t, "idTransfer") or 0), amount=Decimal(soap.text(t, "transferAmount") or "0"),
-            fiscal_code=soap.text(t, "fiscalCodePA") or "", iban=soap.text(t, "IBAN"),
-            remittance=soap.text(t, "remittanceInformation"), category=soap.text(t, "transferCategory"),
-            stamp=soap.find(t, "MBDAttachment") is not None))
-    paid_at = soap.text(r, "paymentDateTime")
-    return ReceiptIn(
-        receipt_id=soap.text(r, "receiptId") or "", id_pa=id_pa, fiscal_code=soap.text(r, "fiscalCode") or "",
-        notice_number=soap.text(r, "noticeNumber") or "", iuv=soap.text(r, "creditorReferenceId") or "",
-        outcome=soap.text(r, "outcome") or "KO", amount=Decimal(soap.text(r, "paymentAmount") or "0"),
-        transfers=tuple(transfers), description=soap.text(r, "description"),
-        company_name=soap.text(r, "companyName"),
-        debtor_id=soap.text(r, "debtor", "uniqueIdentifier", "entityUniqueIdentifierValue"),
-        debtor_name=soap.text(r, "debtor", "fullName"),
-        payer_id=soap.text(r, "payer", "uniqueIdentifier", "entityUniqueIdentifierValue"),
-        payer_name=soap.text(r, "payer", "fullName"), psp_id=soap.text(r, "idPSP"),
-        psp_name=soap.text(r, "PSPCompanyName"), channel_id=soap.text(r, "idChannel"),
-        payment_method=soap.text(r, "paymentMethod"), payment_note=soap.text(r, "paymentNote"),
-        fee=_decimal(soap.text(r, "fee")),
-        payment_at=parse_pagopa_datetime(paid_at) if paid_at else None,
-        standin=(soap.text(r, "standIn") or "false") == "true",
-        payload=raw.decode("utf-8", errors="replace"), payload_format="XML",
-    )
 
 
 def _finish(call: _Call | None, out: etree._Element) -> bytes:
@@ -340,7 +303,8 @@ def handle(raw: bytes, headers: dict[str, str], client_host: str | None,
             try:
                 errors = soap.schema_errors(payload)
                 if errors:
-                    raise StationFault("PAA_SINTASSI_XSD", id_dominio=call.id_pa or "", description=errors[0][:500])
+                    raise StationFault("PAA_SINTASSI_XSD", id_dominio=call.id_pa or "",
+                                       description=errors[0][:500])
                 creditor = call.check_ids(registry)
                 if call.operation == "paVerifyPaymentNotice":
                     out = call.verify(creditor)
@@ -379,5 +343,6 @@ async def station_endpoint(request: Request) -> Response:
     """The SOAP endpoint pagoPA calls (SOAPAction = operation name)."""
     raw = await request.body()
     headers = {k.lower(): v for k, v in request.headers.items()}
-    status, body = await run_in_threadpool(handle, raw, headers, request.client.host if request.client else None)
+    host = request.client.host if request.client else None
+    status, body = await run_in_threadpool(handle, raw, headers, host)
     return Response(body, status_code=status, media_type="text/xml; charset=utf-8")

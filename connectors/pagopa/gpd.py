@@ -1,54 +1,33 @@
 """GPD debt positions (``openapi/gpd.json``) and ACA ``paCreatePosition`` (``openapi/paCreatePosition.json``).
 
 ``GpdClient`` has one method per GPD operation (create, update, publish, invalidate, get, delete) and
-``AcaClient`` the single ACA one; both go through ``_RestConnector._call``, which times and journals every
-attempt (component ``gpd``/``aca``, keys id_dominio, iuv, nav, iupd), retries retriable faults a few times
-with exponential backoff honouring ``Retry-After``, and classifies errors into ``connectors.pagopa.errors``:
-2xx ok; 401/403 ``PagopaAuthError``; 404 ``PagopaNotFoundError``; 429, 5xx, timeouts, dropped connections
-and cut answers ``PagopaRetriableError``; any other refusal (400, 409, 422) ``PagopaBusinessError`` with
-``status``. Messages are pydantic models; amounts are integer euro cents, as GPD and ACA want them.
-The clients are async (``httpx.AsyncClient``): a publisher runs a batch's calls on one event loop, with
-a few worker coroutines each holding its own client (one keep-alive connection), as the bare client that
-measures the sandbox's capacity does.
+``AcaClient`` the single ACA one; both go through the async call path of ``connectors.pagopa.http``, which
+times and journals every attempt (component ``gpd``/``aca``, keys id_dominio, iuv, nav, iupd), retries
+retriable faults honouring ``Retry-After`` and classifies errors once (a refusal such as 400, 409 or 422 is
+``PagopaBusinessError`` with ``status``, the ProblemJson ``title`` as its code). Messages are pydantic
+models; amounts are integer euro cents, as GPD and ACA want them. The clients are async
+(``httpx.AsyncClient``): a publisher runs a batch's calls on one event loop, with a few worker coroutines
+each holding its own client (one keep-alive connection), as the bare client that measures the sandbox's
+capacity does.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
-import ssl
-import threading
 from datetime import UTC, datetime
-from decimal import Decimal
-from functools import lru_cache
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from sqlalchemy import insert
 
-from connectors.journal import KEY_COLUMNS, EventJournal, _text
+from connectors.journal import BufferedJournal as BufferedJournal  # re-exported for the tasks
+from connectors.journal import EventJournal
 from connectors.pagopa.config import get_endpoints
-from connectors.pagopa.errors import (
-    PagopaAuthError,
-    PagopaBusinessError,
-    PagopaError,
-    PagopaNotFoundError,
-    PagopaRetriableError,
-    PagopaSchemaError,
-)
-from connectors.secrets import resolve_secret
-from models.journal import Event, Outcome, Role
-from models.settings import PayloadPolicy
-from models.types import utcnow
+from connectors.pagopa.errors import PagopaSchemaError
+from connectors.pagopa.http import AsyncConnector, client_settings
+from connectors.pagopa.http import subscription_key as subscription_key  # re-exported for the tasks
 from rules.publication import Candidate, cents, due_instant
-from rules.redaction import redact, redact_mapping, register_secret
 from rules.station import FAR_DUE_DATE, remittance_for
 
-log = logging.getLogger(__name__)
-
-SUBSCRIPTION_KEY_HEADER = "Ocp-Apim-Subscription-Key"
 _COUNTRY = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
@@ -334,157 +313,14 @@ def aca_request_from(candidate: Candidate, *, invalidate: bool = False) -> AcaPo
     )
 
 
-# --- the journal of a batch ------------------------------------------------------------------------------
+# --- the clients -----------------------------------------------------------------------------------------
 
 
-class BufferedJournal(EventJournal):
-    """An EventJournal that keeps events in memory until ``flush`` writes them with one bulk insert.
+class _RestConnector(AsyncConnector):
+    """What the GPD and ACA clients share on top of the async call path of ``connectors.pagopa.http``."""
 
-    A batch of a few hundred calls costs one insert instead of one transaction per call, and rows instead
-    of ORM objects (building an Event object costs more than the HTTP call's own bookkeeping). A process
-    killed before ``flush`` loses the trace of that batch's calls, not their effect: a re-run converges.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._pending: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-
-    def row(
-        self,
-        *,
-        component: str,
-        operation: str,
-        role: Role,
-        outcome: Outcome,
-        duration_ms: int | None = None,
-        keys: dict[str, Any] | None = None,
-        request: str | bytes | None = None,
-        response: str | bytes | None = None,
-        http_status: int | None = None,
-        fault_code: str | None = None,
-        error: str | None = None,
-    ) -> dict[str, Any]:
-        """The column values ``build`` gives an Event (payload policy, redaction), as a plain row."""
-        keys = {k: v for k, v in (keys or {}).items() if v is not None}
-        keep = self.policy == PayloadPolicy.ALWAYS or (
-            self.policy == PayloadPolicy.ON_ERROR and outcome != Outcome.OK
-        )
-        extra = redact_mapping({k: str(v) for k, v in keys.items() if k not in KEY_COLUMNS})
-        cleaned = redact(error) if error else None
-        row: dict[str, Any] = {
-            "at": utcnow(),
-            "component": component,
-            "operation": operation,
-            "role": role.value,
-            "outcome": outcome.value,
-            "duration_ms": duration_ms,
-            "http_status": http_status,
-            "fault_code": fault_code,
-            "error": cleaned[:4000] if cleaned else None,
-            "keys": extra or None,
-            "request_payload": _text(request, self.max_payload) if keep else None,
-            "response_payload": _text(response, self.max_payload) if keep else None,
-        }
-        row.update({k: (str(keys[k]) if k in keys else None) for k in KEY_COLUMNS})
-        return row
-
-    def record(self, **kwargs: Any) -> None:
-        """Keep one event for the next flush."""
-        row = self.row(**kwargs)
-        with self._lock:
-            self._pending.append(row)
-
-    def flush(self) -> int:
-        """Write the kept events in one transaction (a failure is logged, never raised); returns how many."""
-        with self._lock:
-            rows, self._pending = self._pending, []
-        if rows:
-            try:
-                with self._session_factory() as session:
-                    session.execute(insert(Event.__table__), rows)  # type: ignore[attr-defined]
-                    session.commit()
-            except (
-                Exception
-            ):  # the exchanges themselves must not fail because their trace could not be written
-                log.exception("could not write %d journal event(s)", len(rows))
-        return len(rows)
-
-
-# --- the one call path -----------------------------------------------------------------------------------
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    raw = response.headers.get("Retry-After")
-    try:
-        return max(float(raw), 0.0) if raw is not None else None
-    except ValueError:
-        return None
-
-
-def classify_response(response: httpx.Response, *, operation: str) -> PagopaError | None:
-    """The error an HTTP answer stands for (None for a 2xx)."""
-    status = response.status_code
-    if status < 300:
-        return None
-    text = response.text[:300]
-    code = None
-    try:
-        body = json.loads(response.content)
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and body.get("title"):
-        code = str(body["title"])[:60]
-    message = f"HTTP {status}: {text}"
-    if status == 429 or status >= 500:
-        return PagopaRetriableError(
-            message, operation=operation, status=status, code=code, retry_after=_retry_after(response)
-        )
-    if status in (401, 403):
-        return PagopaAuthError(message, operation=operation, status=status, code=code)
-    if status == 404:
-        return PagopaNotFoundError(message, operation=operation, status=status, code=code)
-    return PagopaBusinessError(message, operation=operation, status=status, code=code)
-
-
-def subscription_key(ref: str | None) -> SecretStr | None:
-    """The subscription key of a station (its ``api_key_ref``), else the endpoints' default reference."""
-    return resolve_secret(ref or get_endpoints().subscription_key_ref)
-
-
-class _RestConnector:
-    """The shared call path of the GPD and ACA clients (async: a batch runs its calls on one event loop)."""
-
-    component: ClassVar[str]
-
-    def __init__(
-        self,
-        *,
-        base_url: str,
-        subscription_key: SecretStr | None,
-        timeout: float = 30.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-        journal: EventJournal | None = None,
-        attempts: int = 3,
-        backoff: float = 1.0,
-        max_retry_after: float = 30.0,
-        connections: int = 8,
-    ) -> None:
-        headers = {"Accept": "application/json", "Content-Type": "application/json"}
-        if subscription_key is not None:
-            register_secret(subscription_key.get_secret_value())
-            headers[SUBSCRIPTION_KEY_HEADER] = subscription_key.get_secret_value()
-        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-        self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
-            headers=headers,
-            timeout=timeout,
-            transport=transport,
-            limits=limits,
-            verify=_tls_context(),
-        )
-        self.journal = journal or EventJournal()
-        self._attempts, self._backoff, self._max_retry_after = attempts, backoff, max_retry_after
+    content_type = "application/json"
+    error_code_field = "title"  # ProblemJson
 
     @classmethod
     def from_endpoints(
@@ -497,98 +333,18 @@ class _RestConnector:
         connections: int | None = None,
     ) -> Any:
         """A client configured by the PAGOFLOW_PAGOPA_* settings (``connections``: its pool size)."""
-        ep = get_endpoints()
         return cls(
             base_url=base_url or cls._default_url(),
             subscription_key=subscription_key,
-            timeout=ep.timeout_seconds,
             transport=transport,
             journal=journal,
-            attempts=ep.call_attempts,
-            backoff=ep.retry_backoff_seconds,
-            max_retry_after=ep.max_retry_after_seconds,
-            connections=connections or ep.publish_concurrency,
+            connections=connections or get_endpoints().publish_concurrency,
+            **client_settings(),
         )
 
     @staticmethod
     def _default_url() -> str:
         raise NotImplementedError
-
-    async def __aenter__(self) -> Any:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the HTTP connections."""
-        await self._http.aclose()
-
-    async def _call(
-        self, operation: str, method: str, path: str, *, keys: dict[str, Any], body: bytes | None = None
-    ) -> Any:
-        """One operation: journaled per attempt, retried on retriable faults, errors classified; the JSON."""
-        delay = self._backoff
-        for attempt in range(1, self._attempts + 1):
-            try:
-                return await self._attempt(
-                    operation, method, path, body=body, keys=keys | {"attempt": attempt}
-                )
-            except PagopaError as exc:
-                if not exc.retriable or attempt == self._attempts:
-                    raise
-                wait = delay if exc.retry_after is None else min(exc.retry_after, self._max_retry_after)
-                log.info("%s %s attempt %d failed (%s), again in %.1fs", self.component, operation, attempt,
-                         exc.reason, wait)  # fmt: skip
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                delay *= 2
-        raise AssertionError("unreachable")
-
-    async def _attempt(
-        self, operation: str, method: str, path: str, *, body: bytes | None, keys: dict[str, Any]
-    ) -> Any:
-        with self.journal.exchange(
-            component=self.component, operation=operation, role=Role.CLIENT, keys=keys
-        ) as ex:
-            if self.journal.policy == PayloadPolicy.ALWAYS:  # otherwise only failures keep payloads
-                ex.request = _request_text(method, path, body)
-            try:
-                response = await self._http.request(method, path, content=body)
-            except httpx.TimeoutException as exc:
-                ex.request = _request_text(method, path, body)
-                raise PagopaRetriableError(f"timeout: {exc}", operation=operation) from exc
-            except httpx.TransportError as exc:  # refused, reset, dropped, cut body
-                ex.request = _request_text(method, path, body)
-                raise PagopaRetriableError(f"{type(exc).__name__}: {exc}", operation=operation) from exc
-            ex.http_status = response.status_code
-            error = classify_response(response, operation=operation)
-            if error is not None:
-                ex.request, ex.response = _request_text(method, path, body), response.content
-                if error.retriable:
-                    ex.outcome = Outcome.FAIL
-                    ex.fault_code, ex.error = error.code or f"HTTP_{response.status_code}", error.reason
-                else:
-                    ex.ko(fault_code=error.code or f"HTTP_{response.status_code}", error=error.reason)
-                raise error
-            try:
-                return json.loads(response.content, parse_float=Decimal)
-            except ValueError as exc:
-                ex.request, ex.response = _request_text(method, path, body), response.content
-                # a cut answer is a transport accident: asking again gives the whole one (or a 409 to read)
-                raise PagopaRetriableError(
-                    f"answer is not JSON ({exc})", operation=operation, status=response.status_code
-                ) from exc
-
-
-@lru_cache(maxsize=1)
-def _tls_context() -> ssl.SSLContext:
-    """The default certificate-checking TLS context, built once: loading the CAs costs ~25 ms a client."""
-    return ssl.create_default_context()
-
-
-def _request_text(method: str, path: str, body: bytes | None) -> str:
-    return f"{method} {path}" + (f"\n\n{body.decode()}" if body else "")
 
 
 def _state(body: Any, operation: str) -> GpdPositionState:
@@ -622,7 +378,7 @@ class GpdClient(_RestConnector):
         option = position.payment_option[0]
         body = await self._call(
             "createPosition", "POST", f"/organizations/{ec}/debtpositions{_publish(to_publish)}",
-            body=position.to_json(), keys=_keys(ec, position.iupd, option.iuv, option.nav),
+            content=position.to_json(), keys=_keys(ec, position.iupd, option.iuv, option.nav),
         )  # fmt: skip
         return _state(body, "createPosition")
 
@@ -633,7 +389,7 @@ class GpdClient(_RestConnector):
         option = position.payment_option[0]
         body = await self._call(
             "updatePosition", "PUT", f"/organizations/{ec}/debtpositions/{iupd}{_publish(to_publish)}",
-            body=position.to_json(), keys=_keys(ec, iupd, option.iuv, option.nav),
+            content=position.to_json(), keys=_keys(ec, iupd, option.iuv, option.nav),
         )  # fmt: skip
         return _state(body, "updatePosition")
 
@@ -691,7 +447,7 @@ class AcaClient(_RestConnector):
         keys = {"id_dominio": request.pa_fiscal_code, "iuv": request.iuv, "nav": request.nav,
                 "amount": request.amount}  # fmt: skip
         body = await self._call(
-            "newDebtPosition", "POST", "/paCreatePosition", body=request.to_json(), keys=keys
+            "newDebtPosition", "POST", "/paCreatePosition", content=request.to_json(), keys=keys
         )
         try:
             return AcaPositionState.model_validate(body)

@@ -8,45 +8,42 @@
   ``application/xml``; it is checked against ``paForNode.xsd`` before use.
 
 Both become a :class:`rules.receipts.ReceiptIn` addressed to the EC that asked (``id_pa``), so a pulled
-receipt is processed exactly like a pushed one. One method per operation, all through ``_call``, which
-times and journals every attempt, retries retriable faults a few times (honouring ``Retry-After`` on
-429/503) and classifies errors once: 404 is :class:`PagopaNotFoundError` (stop asking), 429/5xx/timeouts
-are retriable.
+receipt is processed exactly like a pushed one. One method per operation, all through the shared call path
+of ``connectors.pagopa.http``, which times and journals every attempt, retries retriable faults a few times
+(honouring ``Retry-After`` on 429/503) and classifies errors once: 404 is :class:`PagopaNotFoundError`
+(stop asking), 429/5xx/timeouts are retriable.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import time
-from collections.abc import Callable, Mapping
-from datetime import date, datetime
-from decimal import Decimal, InvalidOperation
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
 import httpx
 from lxml import etree
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from connectors.journal import EventJournal, Exchange
+from connectors.journal import EventJournal
 from connectors.pagopa.config import get_endpoints
-from connectors.pagopa.errors import PagopaError, PagopaRetriableError, PagopaSchemaError
-from connectors.pagopa.fdr import SUBSCRIPTION_KEY_HEADER, classify_response
-from connectors.secrets import resolve_secret
-from models.journal import Outcome, Role
+from connectors.pagopa.errors import PagopaRetriableError, PagopaSchemaError
+from connectors.pagopa.http import SyncConnector, client_settings, json_body, subscription_key
 from models.settings import get_settings
-from rules.receipts import ReceiptIn, ReceiptTransfer, parse_pagopa_datetime
-from rules.redaction import register_secret
+from rules.receipts import (
+    ReceiptIn,
+    ReceiptTransfer,
+    parse_pagopa_date,
+    parse_pagopa_datetime,
+    receipt_from_xml,
+)
 from rules.xmlsafe import local_name, parse_xml
 
-log = logging.getLogger(__name__)
-
-COMPONENT = "receipts"
 BIZ_EVENTS_OPERATION = "getOrganizationReceiptIuvIur"
 GPD_RECEIPT_OPERATION = "getReceiptByIUV"
 PA_FOR_NODE_XSD = "wsdl/xsd/paForNode.xsd"
-RT_ELEMENTS = frozenset({"paSendRTV2Request", "paSendRTReq"})
 _CENT = Decimal("0.01")
 
 
@@ -106,15 +103,6 @@ class _BizReceipt(_Wire):
         return value.quantize(_CENT) if value is not None else None
 
 
-def _day(value: str | None) -> date | None:
-    if not value:
-        return None
-    try:
-        return date.fromisoformat(value.strip()[:10])
-    except ValueError:
-        return None
-
-
 def _paid_at(formatted: str | None, plain: str | None) -> datetime | None:
     # paymentDateTimeFormatted carries an offset; paymentDateTime is Italian local time without one
     for value in (formatted, plain):
@@ -166,8 +154,8 @@ def receipt_from_biz_event(body: Mapping[str, Any], *, id_pa: str, raw: str | No
         payment_method=wire.payment_method,
         fee=wire.fee,
         payment_at=_paid_at(wire.payment_date_time_formatted, wire.payment_date_time),
-        application_date=_day(wire.application_date),
-        transfer_date=_day(wire.transfer_date),
+        application_date=parse_pagopa_date(wire.application_date),
+        transfer_date=parse_pagopa_date(wire.transfer_date),
         standin=meta.get("standin", "false").lower() == "true",
         payload=raw if raw is not None else json.dumps(body, default=str),
         payload_format="JSON",
@@ -177,88 +165,13 @@ def receipt_from_biz_event(body: Mapping[str, Any], *, id_pa: str, raw: str | No
 # --- GPD receipts: paSendRTV2Request / paSendRTReq XML -----------------------------------------------------
 
 
-def _child(element: etree._Element | None, *path: str) -> etree._Element | None:
-    for name in path:
-        if element is None:
-            return None
-        element = next((c for c in element if isinstance(c.tag, str) and local_name(c) == name), None)
-    return element
-
-
-def _text(element: etree._Element | None, *path: str) -> str | None:
-    found = _child(element, *path)
-    if found is None or found.text is None:
-        return None
-    return found.text.strip() or None
-
-
-def _money(value: str | None, *, name: str) -> Decimal:
-    try:
-        return Decimal(value or "").quantize(_CENT)
-    except InvalidOperation as exc:
-        raise ValueError(f"{name} is not an amount: {value!r}") from exc
-
-
 def receipt_from_rt_xml(xml: bytes | str, *, id_pa: str) -> ReceiptIn:
     """A ``paSendRTV2Request``/``paSendRTReq`` (or its SOAP envelope) as the receipt for ``id_pa``."""
     root = parse_xml(xml)
     if local_name(root) == "Envelope":
-        body = _child(root, "Body")
+        body = next((c for c in root if isinstance(c.tag, str) and local_name(c) == "Body"), None)
         root = next((c for c in body if isinstance(c.tag, str)), root) if body is not None else root
-    if local_name(root) not in RT_ELEMENTS:
-        raise ValueError(f"expected paSendRTV2Request or paSendRTReq, got {local_name(root)}")
-    r = _child(root, "receipt")
-    if r is None:
-        raise ValueError("no receipt element")
-    transfers = []
-    transfer_list = _child(r, "transferList")
-    elements = [c for c in transfer_list if isinstance(c.tag, str)] if transfer_list is not None else []
-    for index, t in enumerate(elements, start=1):
-        transfers.append(
-            ReceiptTransfer(
-                id_transfer=int(_text(t, "idTransfer") or index),
-                amount=_money(_text(t, "transferAmount"), name="transferAmount"),
-                fiscal_code=_text(t, "fiscalCodePA") or "",
-                iban=_text(t, "IBAN"),
-                remittance=_text(t, "remittanceInformation"),
-                category=_text(t, "transferCategory"),
-                stamp=_child(t, "MBDAttachment") is not None,
-            )
-        )
-    paid_at = _text(r, "paymentDateTime")
-    fee = _text(r, "fee")
-    receipt_id, nav, iuv = _text(r, "receiptId"), _text(r, "noticeNumber"), _text(r, "creditorReferenceId")
-    if not (receipt_id and nav and iuv):
-        raise ValueError("receiptId, noticeNumber and creditorReferenceId are required")
-    raw = xml.decode("utf-8", errors="replace") if isinstance(xml, bytes) else xml
-    return ReceiptIn(
-        receipt_id=receipt_id,
-        id_pa=id_pa,
-        fiscal_code=_text(r, "fiscalCode") or "",
-        notice_number=nav,
-        iuv=iuv,
-        outcome=(_text(r, "outcome") or "KO").upper(),
-        amount=_money(_text(r, "paymentAmount"), name="paymentAmount"),
-        transfers=tuple(transfers),
-        description=_text(r, "description"),
-        company_name=_text(r, "companyName"),
-        debtor_id=_text(r, "debtor", "uniqueIdentifier", "entityUniqueIdentifierValue"),
-        debtor_name=_text(r, "debtor", "fullName"),
-        payer_id=_text(r, "payer", "uniqueIdentifier", "entityUniqueIdentifierValue"),
-        payer_name=_text(r, "payer", "fullName"),
-        psp_id=_text(r, "idPSP"),
-        psp_name=_text(r, "PSPCompanyName"),
-        channel_id=_text(r, "idChannel"),
-        payment_method=_text(r, "paymentMethod"),
-        payment_note=_text(r, "paymentNote"),
-        fee=_money(fee, name="fee") if fee else None,
-        payment_at=parse_pagopa_datetime(paid_at) if paid_at else None,
-        application_date=_day(_text(r, "applicationDate")),
-        transfer_date=_day(_text(r, "transferDate")),
-        standin=(_text(r, "standIn") or "false") == "true",
-        payload=raw,
-        payload_format="XML",
-    )
+    return receipt_from_xml(root, id_pa=id_pa, raw=xml)
 
 
 @lru_cache(maxsize=1)
@@ -279,33 +192,17 @@ def rt_schema_errors(xml: bytes) -> list[str]:
 # --- the client --------------------------------------------------------------------------------------------
 
 
-class ReceiptsClient:
+class ReceiptsClient(SyncConnector):
     """Biz-Events and GPD receipts with one subscription key; the httpx transport is injected (or built)."""
 
-    def __init__(
-        self,
-        *,
-        bizevents_url: str,
-        gpd_receipts_url: str,
-        subscription_key: SecretStr | None,
-        timeout: float = 30.0,
-        transport: httpx.BaseTransport | None = None,
-        journal: EventJournal | None = None,
-        attempts: int = 3,
-        backoff: float = 1.0,
-        max_retry_after: float = 30.0,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        headers = {"Accept": "application/json, application/xml"}
-        if subscription_key is not None:
-            register_secret(subscription_key.get_secret_value())
-            headers[SUBSCRIPTION_KEY_HEADER] = subscription_key.get_secret_value()
+    component = "receipts"
+    accept = "application/json, application/xml"
+    journal_answers = True
+
+    def __init__(self, *, bizevents_url: str, gpd_receipts_url: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self._bizevents_url = bizevents_url.rstrip("/")
         self._gpd_receipts_url = gpd_receipts_url.rstrip("/")
-        self._http = httpx.Client(headers=headers, timeout=timeout, transport=transport)
-        self._journal = journal or EventJournal()
-        self._attempts, self._backoff, self._max_retry_after = max(1, attempts), backoff, max_retry_after
-        self._sleep = sleep
 
     @classmethod
     def from_settings(
@@ -316,24 +213,11 @@ class ReceiptsClient:
         return cls(
             bizevents_url=cfg.bizevents_url,
             gpd_receipts_url=cfg.gpd_receipts_url,
-            subscription_key=resolve_secret(cfg.subscription_key_ref),
-            timeout=cfg.timeout_seconds,
+            subscription_key=subscription_key(None),
             transport=transport,
             journal=journal,
-            attempts=cfg.call_attempts,
-            backoff=cfg.retry_backoff_seconds,
-            max_retry_after=cfg.max_retry_after_seconds,
+            **client_settings(),
         )
-
-    def __enter__(self) -> ReceiptsClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the HTTP connections."""
-        self._http.close()
 
     # --- operations ----------------------------------------------------------------------------------
 
@@ -341,103 +225,48 @@ class ReceiptsClient:
         """The receipt of (EC, IUR or receiptId, IUV) from Biz-Events, addressed to ``fiscal_code``."""
         url = f"{self._bizevents_url}/organizations/{fiscal_code}/receipts/{iur}/paymentoptions/{iuv}"
 
-        def parse(response: httpx.Response) -> ReceiptIn:
-            try:
-                body = json.loads(response.content, parse_float=Decimal)
-            except ValueError as exc:  # a cut or garbled body: asking again usually gives the whole answer
-                raise PagopaRetriableError(
-                    f"answer is not JSON ({exc})", operation=BIZ_EVENTS_OPERATION, status=response.status_code
-                ) from exc
+        def parse(response: httpx.Response, operation: str) -> ReceiptIn:
+            body = json_body(response, operation)
             if not isinstance(body, dict):
-                raise PagopaSchemaError("answer is not a JSON object", operation=BIZ_EVENTS_OPERATION)
+                raise PagopaSchemaError("answer is not a JSON object", operation=operation)
             try:
                 receipt = receipt_from_biz_event(body, id_pa=fiscal_code, raw=response.text)
             except ValueError as exc:
-                raise PagopaSchemaError(str(exc), operation=BIZ_EVENTS_OPERATION) from exc
-            return _same_iuv(receipt, iuv=iuv, operation=BIZ_EVENTS_OPERATION)
+                raise PagopaSchemaError(str(exc), operation=operation) from exc
+            return _same_iuv(receipt, iuv=iuv, operation=operation)
 
-        return self._call(
-            BIZ_EVENTS_OPERATION, url, parse, keys={"id_dominio": fiscal_code, "iuv": iuv, "iur": iur}
-        )
+        keys = {"id_dominio": fiscal_code, "iuv": iuv, "iur": iur}
+        return self._call(BIZ_EVENTS_OPERATION, "GET", url, keys=keys, parse=parse, result_keys=_receipt_keys)
 
     def get_gpd_receipt(self, *, fiscal_code: str, iuv: str) -> ReceiptIn:
         """The first receipt of (EC, IUV) from GPD receipts, checked against paForNode.xsd."""
         url = f"{self._gpd_receipts_url}/payments/{fiscal_code}/receipts/{iuv}"
 
-        def parse(response: httpx.Response) -> ReceiptIn:
+        def parse(response: httpx.Response, operation: str) -> ReceiptIn:
             try:
                 errors = rt_schema_errors(response.content)
             except ValueError as exc:  # not well-formed: most likely a cut answer
                 raise PagopaRetriableError(
-                    f"answer is not XML ({exc})", operation=GPD_RECEIPT_OPERATION, status=response.status_code
+                    f"answer is not XML ({exc})", operation=operation, status=response.status_code
                 ) from exc
             if errors:
                 raise PagopaSchemaError(
-                    f"receipt invalid against paForNode.xsd: {errors[0]}", operation=GPD_RECEIPT_OPERATION
+                    f"receipt invalid against paForNode.xsd: {errors[0]}", operation=operation
                 )
             try:
                 receipt = receipt_from_rt_xml(response.content, id_pa=fiscal_code)
             except ValueError as exc:
-                raise PagopaSchemaError(str(exc), operation=GPD_RECEIPT_OPERATION) from exc
-            return _same_iuv(receipt, iuv=iuv, operation=GPD_RECEIPT_OPERATION)
+                raise PagopaSchemaError(str(exc), operation=operation) from exc
+            return _same_iuv(receipt, iuv=iuv, operation=operation)
 
-        return self._call(GPD_RECEIPT_OPERATION, url, parse, keys={"id_dominio": fiscal_code, "iuv": iuv})
-
-    # --- the one call path ---------------------------------------------------------------------------
-
-    def _call(
-        self, operation: str, url: str, parse: Callable[[httpx.Response], ReceiptIn], *, keys: dict[str, Any]
-    ) -> ReceiptIn:
-        """GET ``url``: journaled per attempt, retried when retriable (Retry-After honoured), classified."""
-        delay = self._backoff
-        for attempt in range(1, self._attempts + 1):
-            try:
-                return self._attempt(operation, url, parse, keys=keys | {"attempt": attempt})
-            except PagopaError as exc:
-                if not exc.retriable or attempt == self._attempts:
-                    raise
-                wait = delay if exc.retry_after is None else min(exc.retry_after, self._max_retry_after)
-                log.info(
-                    "receipts %s attempt %d failed (%s), again in %.1fs", operation, attempt, exc.reason, wait
-                )
-                self._sleep(wait)
-                delay *= 2
-        raise AssertionError("unreachable")
-
-    def _attempt(
-        self, operation: str, url: str, parse: Callable[[httpx.Response], ReceiptIn], *, keys: dict[str, Any]
-    ) -> ReceiptIn:
-        with self._journal.exchange(
-            component=COMPONENT, operation=operation, role=Role.CLIENT, keys=keys
-        ) as ex:
-            ex.request = f"GET {url}"
-            try:
-                response = self._http.get(url)
-            except httpx.TimeoutException as exc:
-                raise PagopaRetriableError(f"timeout: {exc}", operation=operation) from exc
-            except httpx.TransportError as exc:
-                raise PagopaRetriableError(f"{type(exc).__name__}: {exc}", operation=operation) from exc
-            ex.http_status = response.status_code
-            ex.response = response.content
-            error = classify_response(response, operation=operation)
-            if error is not None:
-                _mark(ex, error, status=response.status_code)
-                raise error
-            try:
-                receipt = parse(response)
-            except PagopaError as exc:
-                _mark(ex, exc, status=response.status_code)
-                raise
-            ex.keys |= {"receipt_id": receipt.receipt_id, "nav": receipt.notice_number}
-            return receipt
+        keys = {"id_dominio": fiscal_code, "iuv": iuv}
+        return self._call(
+            GPD_RECEIPT_OPERATION, "GET", url, keys=keys, parse=parse, result_keys=_receipt_keys
+        )
 
 
-def _mark(ex: Exchange, error: PagopaError, *, status: int) -> None:
-    code = error.code or (f"HTTP_{status}" if status >= 300 else type(error).__name__)
-    if error.retriable:
-        ex.outcome, ex.fault_code, ex.error = Outcome.FAIL, code, error.reason
-    else:
-        ex.ko(fault_code=code, error=error.reason)
+def _receipt_keys(receipt: ReceiptIn) -> dict[str, Any]:
+    return {"receipt_id": receipt.receipt_id, "nav": receipt.notice_number}
 
 
 def _same_iuv(receipt: ReceiptIn, *, iuv: str, operation: str) -> ReceiptIn:
