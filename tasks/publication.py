@@ -25,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
+from connectors.journal import BufferedJournal
 from connectors.pagopa.config import get_endpoints
 from connectors.pagopa.errors import (
     PagopaAuthError,
@@ -33,14 +34,8 @@ from connectors.pagopa.errors import (
     PagopaNotFoundError,
     PagopaRetriableError,
 )
-from connectors.pagopa.gpd import (
-    AcaClient,
-    BufferedJournal,
-    GpdClient,
-    aca_request_from,
-    gpd_position_from,
-    subscription_key,
-)
+from connectors.pagopa.gpd import AcaClient, GpdClient, aca_request_from, gpd_position_from
+from connectors.pagopa.http import subscription_key
 from connectors.secrets import SecretNotFoundError
 from models.db import session_scope
 from models.types import utcnow

@@ -19,12 +19,10 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from connectors.journal import BufferedJournal as BufferedJournal  # re-exported for the tasks
 from connectors.journal import EventJournal
 from connectors.pagopa.config import get_endpoints
 from connectors.pagopa.errors import PagopaSchemaError
 from connectors.pagopa.http import AsyncConnector, client_settings
-from connectors.pagopa.http import subscription_key as subscription_key  # re-exported for the tasks
 from rules.publication import Candidate, cents, due_instant
 from rules.station import FAR_DUE_DATE, remittance_for
 
