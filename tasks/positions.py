@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import hashlib
 import json
 import os
@@ -170,6 +171,9 @@ def load_rows(
     *, bulk_file_id: int, rows: Sequence[tuple[int, RowInput]], only_a2a: str | None
 ) -> store.BatchReport:
     """Validate, upsert/annul and record one batch of rows in one transaction."""
+    # The long-lived objects of the imports (Prefect, SQLAlchemy, pydantic) need no collecting: freezing them
+    # spares the full collections that a batch's many small objects trigger (measured: a quarter of the time).
+    gc.freeze()
     with session_scope() as session:
         report = store.load_batch(session, bulk_file_id=bulk_file_id, rows=rows, only_a2a=only_a2a)
     logger = get_run_logger()

@@ -78,7 +78,9 @@ def stored(db: Database) -> tuple[list[Position], dict[int, list[PositionItem]]]
 
 
 def test_created_positions_carry_every_column_and_their_voci(db: Database, session: Session) -> None:
-    batch = [pendenza(session, f"P-{i}") for i in range(3)]
+    # One row fills an optional column the others leave empty: it is written for that row only.
+    batch = [pendenza(session, "P-0"), pendenza(session, "P-1", idUnitaOperativa="UO-TRIBUTI"),
+             pendenza(session, "P-2")]
     before = datetime.now(UTC)
     results = upsert_positions(session, batch=batch)
     session.commit()
@@ -99,6 +101,7 @@ def test_created_positions_carry_every_column_and_their_voci(db: Database, sessi
         assert (row.version, row.published_version, row.publication_attempts) == (1, 0, 0)
         assert row.paid_without_receipt is False and row.attached_data == {"utenza": row.id_pendenza}
         assert row.debtor_id == "RSSMRA80A01H501U" and row.document_id == "DOC-1" and row.instalment == 1
+        assert row.unit_code == ("UO-TRIBUTI" if row.id_pendenza == "P-1" else None)
         assert row.created_at == row.updated_at and before - timedelta(seconds=1) <= row.created_at
         assert row.created_at.tzinfo is not None
         assert (row.state_description, row.anomaly, row.published_at, row.publication_error, row.paid_at,
