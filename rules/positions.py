@@ -380,6 +380,14 @@ def check_update(*, state: str, nav: str | None, items: list[StoredItem], new: P
         raise BusinessError("VER_008", "numeroAvviso non modificabile", field="numeroAvviso")
 
 
+def italian_today() -> date:
+    """Today's date in Italy: due dates, day filters and the operating day are Italian calendar days."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    return datetime.now(ZoneInfo("Europe/Rome")).date()
+
+
 def visible_state(*, state: str, due_date: date | None, today: date) -> str:
     """The state an application sees: SCADUTA is computed for unpaid positions past their due date."""
     if state == "NON_ESEGUITA" and due_date is not None and due_date < today:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from datetime import date, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -13,6 +13,7 @@ from pypdf import PdfReader
 
 from models import db as models_db
 from models.settings import get_settings
+from rules.positions import italian_today
 from tests.conftest import Database
 from tests.factories import load_example_registry
 from tests.live_server import live_server
@@ -45,7 +46,7 @@ def pendenza(**overrides: Any) -> dict[str, Any]:
         "idTipoPendenza": "TARI", "idDominio": COMUNE, "causale": "TARI 2026 rata unica",
         "soggettoPagatore": {"tipo": "F", "identificativo": "RSSMRA80A01H501U", "anagrafica": "Mario Rossi",
                              "email": "mario@example.org"},
-        "importo": 150.50, "dataScadenza": (date.today() + timedelta(days=30)).isoformat(),
+        "importo": 150.50, "dataScadenza": (italian_today() + timedelta(days=30)).isoformat(),
         "voci": [
             {"idVocePendenza": "V1", "importo": 100.00, "descrizione": "Quota fissa", "ibanAccredito": TREASURY_IBAN,
              "tipoContabilita": "CAPITOLO", "codiceContabilita": "1010"},
@@ -171,7 +172,7 @@ def test_annul_then_restore_and_annul_of_paid(api: str, db: Database) -> None:
 
 def test_expired_position_reads_as_scaduta(api: str) -> None:
     with client(api) as c:
-        yesterday = (date.today() - timedelta(days=1)).isoformat()
+        yesterday = (italian_today() - timedelta(days=1)).isoformat()
         c.put("/pendenze/A2A-TRIBUTI/P-OLD", json=pendenza(dataScadenza=yesterday))
         c.put("/pendenze/A2A-TRIBUTI/P-NEW", json=pendenza())
         assert c.get("/pendenze/A2A-TRIBUTI/P-OLD").json()["stato"] == "SCADUTA"
@@ -242,7 +243,7 @@ def test_list_filters_and_paging(api: str) -> None:
         assert by_debtor["numRisultati"] == 3
         by_dir = c.get("/pendenze", params={"direzione": "D0", "idDominio": COMUNE}).json()
         assert {p["idPendenza"] for p in by_dir["risultati"]} == {"L-0", "L-3", "L-6"}
-        today = date.today().isoformat()
+        today = italian_today().isoformat()
         assert c.get("/pendenze", params={"dataDa": today, "dataA": today}).json()["numRisultati"] == 7
         assert c.get("/pendenze", params={"stato": "BOH"}).status_code == 400
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import date
 from pathlib import Path
 
 from connectors.journal import EventJournal
 from models.journal import Outcome, Role
 from models.settings import PayloadPolicy
+from rules.positions import italian_today
 from store.journal import JournalQuery, search_events
 from tests.conftest import Database
 
@@ -34,7 +34,7 @@ def test_search_by_iuv_nav_flow_and_file(db: Database) -> None:
         assert [e.operation for e in search_events(s, query=JournalQuery(id_flusso="2026-11-26BCITITMM-S1"))] == \
             ["getFlow"]
         assert [e.error for e in search_events(s, query=JournalQuery(file_name="GDC_1.xml"))] == ["connection reset"]
-        assert len(search_events(s, query=JournalQuery(day=date.today()))) == 4
+        assert len(search_events(s, query=JournalQuery(day=italian_today()))) == 4
         assert search_events(s, query=JournalQuery(outcome="KO"))[0].fault_code == "PAA_RECEIPT_DUPLICATA"
     out = subprocess.run([sys.executable, "-m", "cli", "journal", "--avviso", "301000000000000144"],
                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent,

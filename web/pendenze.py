@@ -20,7 +20,7 @@ from models.positions import Position, PositionItem
 from models.registry import Creditor
 from reports.notice import render_notice_pdf
 from reports.notice_context import notice_context
-from rules.positions import BusinessError, PendenzaPut, validate_position, visible_state
+from rules.positions import BusinessError, PendenzaPut, italian_today, validate_position, visible_state
 from store.positions import (
     CREATED,
     UNCHANGED,
@@ -143,7 +143,7 @@ def _full_json(session: Session, position: Position) -> dict[str, Any]:
                             .order_by(Receipt.id)).all()
     items = items_of(session, position_ids=[position.id or 0])[position.id or 0]
     return position_json(position, items=items, creditor_name=_creditor_name(session, position.id_dominio),
-                         today=date.today(), attempts=list(attempts), receipts=list(receipts))
+                         today=italian_today(), attempts=list(attempts), receipts=list(receipts))
 
 
 def _notice_pdf(session: Session, positions: list[Position]) -> bytes:
@@ -246,7 +246,7 @@ def list_pendenze(
     owner = who.name if who.kind == "application" else None
     if owner and idA2A and idA2A != owner:
         raise forbidden(f"l'applicazione {owner} non puo' elencare le pendenze di {idA2A}")
-    today = date.today()
+    today = italian_today()
     total, rows = list_positions(
         session, filters=PositionFilter(id_dominio=idDominio, id_a2a=idA2A, id_debitore=idDebitore, stato=stato,
                                         data_da=dataDa, data_a=dataA, direzione=direzione, divisione=divisione,
@@ -277,7 +277,7 @@ def get_avviso(idDominio: str, numeroAvviso: str, request: Request, session: Ses
         return Response(_notice_pdf(session, [position]), media_type="application/pdf",
                         headers={"Content-Disposition": f'inline; filename="{idDominio}_{numeroAvviso}.pdf"'})
     return {"idDominio": idDominio, "numeroAvviso": numeroAvviso, "iuv": position.iuv,
-            "stato": visible_state(state=position.state, due_date=position.due_date, today=date.today()),
+            "stato": visible_state(state=position.state, due_date=position.due_date, today=italian_today()),
             "importo": _money(position.amount), "dataValidita": position.valid_until,
             "dataScadenza": position.due_date, "descrizione": position.causale,
             "tassonomiaAvviso": position.taxonomy,

@@ -7,7 +7,6 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from datetime import date
 from decimal import Decimal
 
 from fastapi import APIRouter, Request, Response
@@ -23,6 +22,7 @@ from models.payments import ReceiptSource
 from models.positions import Position, PositionItem
 from models.registry import Broker, Creditor, DebtType, Station
 from models.settings import get_settings
+from rules.positions import italian_today
 from rules.receipts import receipt_from_xml
 from rules.station import (
     FAR_DUE_DATE,
@@ -170,7 +170,7 @@ class _Call:
         position = self.session.exec(select(Position).where(Position.id_dominio == creditor.id_dominio,
                                                             Position.nav == nav)).first()
         fault = payability_fault(state=position.state if position else None,
-                                 due_date=position.due_date if position else None, today=date.today())
+                                 due_date=position.due_date if position else None, today=italian_today())
         if fault:
             raise StationFault(fault, id_dominio=self.id_pa)
         assert position is not None
