@@ -325,7 +325,7 @@ def _anomaly_table(group: LabelGroup) -> Table:
     return Table(
         key=group.label,
         title=f"{group.label} - {LABEL_TITLES.get(group.label, group.label)}",
-        note=f"{format_count(group.count)} elementi, {format_eur(group.total)}",
+        note=f"Elementi: {format_count(group.count)}; totale {format_eur(group.total)}",
         action=LABEL_ACTIONS.get(group.label, ""),
         columns=(
             "Soggetto",
@@ -401,7 +401,8 @@ def reconciliation_context(data: ReconciliationData) -> ReportContext:
     unexplained = Table(
         key="unexplained",
         title="Denaro non spiegato",
-        note=f"{format_count(data.unexplained.count)} movimenti, {format_eur(data.unexplained.total)}",
+        note=f"Movimenti: {format_count(data.unexplained.count)}; "
+        f"totale {format_eur(data.unexplained.total)}",
         action="Movimenti non abbinati o abbinati in parte, accrediti non in formato pagoPA o che indicano "
         "un flusso o uno IUV sconosciuto.",
         columns=("Movimento", "Data valuta", "Importo", "Causale", "Ordinante", "Stato", "Esito"),
@@ -422,7 +423,7 @@ def reconciliation_context(data: ReconciliationData) -> ReportContext:
     suggestions = Table(
         key="suggestions",
         title="Abbinamenti suggeriti da confermare",
-        note=f"{format_count(data.open_suggestions)} suggerimenti aperti",
+        note=f"Suggerimenti aperti: {format_count(data.open_suggestions)}",
         action="Confermare o rifiutare ogni suggerimento: una conferma fa incassare il flusso alla prossima "
         "riconciliazione.",
         columns=(
