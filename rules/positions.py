@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rules.calendar import italian_today  # noqa: F401  (re-exported: callers import it from here)
 from rules.identifiers import IdentifierError, is_valid_rf, parse_nav, validate_iban
 
 CENT = Decimal("0.01")
@@ -380,12 +381,6 @@ def check_update(*, state: str, nav: str | None, items: list[StoredItem], new: P
         raise BusinessError("VER_008", "numeroAvviso non modificabile", field="numeroAvviso")
 
 
-def italian_today() -> date:
-    """Today's date in Italy: due dates, day filters and the operating day are Italian calendar days."""
-    from datetime import datetime
-    from zoneinfo import ZoneInfo
-
-    return datetime.now(ZoneInfo("Europe/Rome")).date()
 
 
 def visible_state(*, state: str, due_date: date | None, today: date) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Generic, Literal, TypeVar, overload
 from zoneinfo import ZoneInfo
@@ -24,6 +24,7 @@ from models.registry import (
     RevenueType,
 )
 from models.types import utcnow
+from rules.calendar import day_start as _day_start
 from rules.identifiers import nav_to_iuv
 from rules.positions import (
     BusinessError,
@@ -42,9 +43,6 @@ CREATED, UPDATED, UNCHANGED = "CREATED", "UPDATED", "UNCHANGED"
 ROME = ZoneInfo("Europe/Rome")
 
 
-def _day_start(day: date) -> datetime:
-    # Applications and operators speak of Italian calendar days.
-    return datetime.combine(day, time.min, tzinfo=ROME)
 
 
 def load_registry_view(session: Session) -> RegistryView:

@@ -8,7 +8,7 @@ number of collections of the EC beyond what the aggregates scan.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -23,6 +23,7 @@ from models.registry import Creditor
 from models.reporting import ReportingFlow, ReportingLine
 from models.treasury import MovementMatch, TreasuryMovement
 from models.types import utcnow
+from rules.calendar import day_start
 
 ROME = ZoneInfo("Europe/Rome")
 ZERO = Decimal("0.00")
@@ -44,9 +45,6 @@ UNEXPLAINED_LABELS = (Label.TES_NO_MATCH.value, Label.TES_NO_IUF_OR_IUV.value)
 Period = Literal["day", "month"]
 
 
-def day_start(day: date) -> datetime:
-    """Midnight of an Italian calendar day, in UTC."""
-    return datetime.combine(day, time.min, ROME).astimezone(UTC)
 
 
 def _bucket(column: Any, starts: list[datetime]) -> Any:

@@ -12,7 +12,7 @@ import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import IO, Any
 from zoneinfo import ZoneInfo
@@ -28,6 +28,7 @@ from models.positions import Position
 from models.registry import Creditor, Station
 from models.reporting import FlowState, LineState, ReportingFlow, ReportingLine
 from models.types import utcnow
+from rules.calendar import day_start as _day_start
 from rules.reporting import (
     CURRENT,
     OBSOLETE,
@@ -553,9 +554,6 @@ class FlowFilter:
     escludi_obsoleti: bool = False
 
 
-def _day_start(day: date) -> datetime:
-    # Flow dates are Italian business days.
-    return datetime.combine(day, time.min, _ROME).astimezone(UTC)
 
 
 def list_flows(

@@ -8,7 +8,7 @@ finds the row by its movement and writes state, code and flow into it).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -23,6 +23,7 @@ from models.registry import Creditor, IbanAccount
 from models.reporting import LineState, ReportingFlow, ReportingLine
 from models.treasury import TreasuryMovement
 from models.types import utcnow
+from rules.calendar import day_start
 from rules.positions import BusinessError
 from rules.riconciliazioni import (
     ALREADY_CASHED,
@@ -43,9 +44,6 @@ MOVEMENT_KIND = "RAGIONERIA"
 TIPO_ENTRATA, TIPO_MBT, TIPO_ALTRO = "ENTRATA", "MBT", "ALTRO_INTERMEDIARIO"
 
 
-def day_start(day: date) -> datetime:
-    """Midnight of an Italian calendar day, in UTC."""
-    return datetime.combine(day, time.min, ROME).astimezone(UTC)
 
 
 @dataclass(frozen=True)
