@@ -239,12 +239,16 @@ def test_mixed_file_gives_each_row_its_outcome_and_a_rerun_changes_nothing(
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
+    # Other tests in this Prefect session write the same key (bulk file ids restart per database):
+    # the newest artifact is the one this flow run just wrote.
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(
                 key=ArtifactFilterKey(any_=[f"bulk-file-{summary['bulk_file_id']}-summary"])
-            )
+            ),
+            sort=ArtifactSort.CREATED_DESC,
         )
     assert artifacts and "| REJECTED | 7 |" in str(artifacts[0].data)
 

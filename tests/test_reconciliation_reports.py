@@ -244,6 +244,7 @@ def test_publish_task_writes_files_and_artifacts(
     from prefect import flow as prefect_flow
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
     from models import db as models_db
     from models.settings import get_settings
@@ -281,9 +282,14 @@ def test_publish_task_writes_files_and_artifacts(
                             f"prospetto-riscossioni-{EC}",
                         ]
                     )
-                )
+                ),
+                sort=ArtifactSort.CREATED_DESC,
             )
-            return {a.key or "": str(a.data) for a in found}
+            # Newest first: other tests of this Prefect session may have written the same keys.
+            newest: dict[str, str] = {}
+            for a in found:
+                newest.setdefault(a.key or "", str(a.data))
+            return newest
 
     import asyncio
 
