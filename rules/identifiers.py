@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
@@ -313,6 +314,12 @@ def validate_iban(iban: str) -> str:
     """Return the IBAN in electronic form (upper case, no spaces) or raise IdentifierError."""
     if not isinstance(iban, str):
         raise IdentifierError("must be a string", field="iban", value=iban)
+    return _checked_iban(iban)
+
+
+@lru_cache(maxsize=4096)
+def _checked_iban(iban: str) -> str:
+    # A bulk file repeats a handful of accounts on every row: the mod-97 check runs once per account.
     compact = _compact(iban)
     if compact is None or not _IBAN_SHAPE.fullmatch(compact):
         raise IdentifierError(
