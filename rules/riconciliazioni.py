@@ -20,7 +20,9 @@ DUPLICATE_DIFFERENT = "021409"
 UNKNOWN_EC = "021410"
 UNKNOWN_IBAN = "021412"
 CAUSALE_INVALID = "021401"
+PAYMENT_ALREADY_CASHED = "021406"
 ALREADY_CASHED = "021411"
+FLOW_ALREADY_CASHED = "021413"
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9._\-]{1,35}$")
 # reconcile_ec names the riconciliazione of a journal movement TES-<movement id>: API ids may not

@@ -2,7 +2,9 @@
 
 A submitted riconciliazione becomes a treasury movement (dedupe key ``ragioneria:<id>``) and a Reconciliation
 row keyed by the EC and the caller's id; the next ``reconcile`` run decides it (``store.reconciliation``
-finds the row by its movement and writes state, code and flow into it).
+finds the row by its movement and writes state, code and flow into it). The same money in the treasury
+journal is never a second movement: a submission adopts the journal's movement when it is already there, and
+ingest-treasury joins the two when the journal comes later (``store.movement_dedupe``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, func, not_, or_
+from sqlalchemy import and_, func, or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -24,26 +26,35 @@ from models.reporting import LineState, ReportingFlow, ReportingLine
 from models.treasury import TreasuryMovement
 from models.types import utcnow
 from rules.calendar import day_start
+from rules.movement_dedupe import money_facts, pair_twins, twin_evidence
 from rules.positions import BusinessError
+from rules.remittance import RemittanceRef
 from rules.riconciliazioni import (
     ALREADY_CASHED,
     CAUSALE_INVALID,
     DUPLICATE_DIFFERENT,
-    RESERVED_ID,
+    FLOW_ALREADY_CASHED,
+    PAYMENT_ALREADY_CASHED,
     UNKNOWN_EC,
     UNKNOWN_IBAN,
     RiconciliazionePut,
     request_hash,
 )
+from store.movement_dedupe import (
+    API_PREFIX,
+    api_claims,
+    candidates,
+    complete_journal_movement,
+    facts_of,
+    is_api_movement,
+)
 
 ROME = ZoneInfo("Europe/Rome")
-DEDUPE_PREFIX = "ragioneria:"
+DEDUPE_PREFIX = API_PREFIX
 MOVEMENT_KIND = "RAGIONERIA"
 
 # GovPay's riscossione types: a collection of one of our debts, a digital stamp, another broker's IUV
 TIPO_ENTRATA, TIPO_MBT, TIPO_ALTRO = "ENTRATA", "MBT", "ALTRO_INTERMEDIARIO"
-
-
 
 
 @dataclass(frozen=True)
@@ -115,27 +126,79 @@ def _initial_state(reference_kind: str) -> tuple[str, str | None, str]:
 
 
 def _twin(
-    session: Session, *, id_dominio: str, account: str, body: RiconciliazionePut, reference_lower: str | None
+    session: Session, *, id_dominio: str, account: str, body: RiconciliazionePut, ref: RemittanceRef
 ) -> TreasuryMovement | None:
-    """The same money already read from the treasury journal (same account, amount, reference and TRN)."""
-    if reference_lower is None:
-        return None
-    return session.exec(
-        select(TreasuryMovement)
-        .where(
-            TreasuryMovement.id_dominio == id_dominio,
-            TreasuryMovement.account == account,
-            TreasuryMovement.amount == body.importo,
-            TreasuryMovement.reference_lower == reference_lower,
-            or_(
-                TreasuryMovement.bank_reference == body.sct,
-                TreasuryMovement.end_to_end_id == body.sct,
-                TreasuryMovement.bank_movement_id == body.sct,
-            ),
-            not_(col(TreasuryMovement.dedupe_key).startswith(DEDUPE_PREFIX)),
+    """The journal movement of the same money, if the journal brought it first (``rules.movement_dedupe``).
+
+    Raises 021411 when the same transfer (same account, amount and TRN) already carries another
+    riconciliazione, posted through the API or adopted by one.
+    """
+    facts = money_facts(
+        id=0,
+        account=account,
+        amount=body.importo,
+        value_date=body.dataValuta,
+        references=(body.sct,),
+        reference_kind=ref.kind,
+        reference=ref.reference,
+        integrative=ref.integrative,
+    )
+    found = candidates(
+        session,
+        id_dominio=id_dominio,
+        accounts={account},
+        amounts={body.importo},
+        dates=(body.dataValuta, body.dataValuta) if body.dataValuta else None,
+        journal_only=False,
+    )
+    claims = api_claims(session, movement_ids=[m.id or 0 for m in found])
+    for movement in found:
+        claimed_by = claims.get(movement.id or 0)
+        if claimed_by is not None and twin_evidence(facts, facts_of(movement)) == "TRN":
+            raise BusinessError(
+                ALREADY_CASHED, f"movimento gia' riconciliato con id {claimed_by}", field="sct"
+            )
+    journals = [m for m in found if (m.id or 0) not in claims and not is_api_movement(m)]
+    twins = pair_twins([facts], [facts_of(m) for m in journals])
+    return next((m for m in journals if twins and m.id == twins[0].journal_id), None)
+
+
+def _refuse_if_cashed(session: Session, *, id_dominio: str, ref: RemittanceRef) -> None:
+    """Another transfer for a flow or an IUV whose money is already on the account: 021413 / 021406.
+
+    Reached only when the submission is not the money that cashed it (that one is adopted, or 021411).
+    """
+    if ref.reference is None:
+        return
+    if ref.kind == "flow":
+        cashed = session.exec(
+            select(ReportingFlow.id).where(
+                ReportingFlow.id_dominio == id_dominio,
+                ReportingFlow.id_flusso_lower == ref.reference.lower(),
+                ReportingFlow.state != "OBSOLETA",
+                col(ReportingFlow.reconciled).is_(True),
+            )
+        ).first()
+        if cashed is not None:
+            raise BusinessError(
+                FLOW_ALREADY_CASHED, f"il flusso {ref.reference} risulta gia' incassato", field="idFlusso"
+            )
+    elif ref.kind == "iuv":
+        states = set(
+            session.exec(
+                select(Collection.state).where(
+                    Collection.id_dominio == id_dominio,
+                    func.lower(Collection.iuv) == ref.reference.lower(),
+                    col(Collection.receipt_pk).is_not(None),
+                )
+            )
         )
-        .order_by(col(TreasuryMovement.id))
-    ).first()
+        if states == {"INCASSATA"}:
+            raise BusinessError(
+                PAYMENT_ALREADY_CASHED,
+                f"il pagamento dello IUV {ref.reference} risulta gia' incassato",
+                field="iuv",
+            )
 
 
 def submit_riconciliazione(
@@ -148,9 +211,10 @@ def submit_riconciliazione(
 ) -> Submission:
     """Store a riconciliazione for the next reconcile run; the same body again changes nothing."""
     # Raises BusinessError 021410 (unknown EC), 021412 (account not the EC's), 021409 (same id, other data),
-    # 021411 (the journal movement it describes is claimed by another id). When the treasury journal already
-    # holds the movement (same account, amount, reference and TRN), the riconciliazione adopts it rather than
-    # add the same money twice.
+    # 021411 (the same transfer already carries another id), 021413 / 021406 (another transfer for a flow or
+    # an IUV already cashed). When the treasury journal already holds the money (rules.movement_dedupe), the
+    # riconciliazione adopts that movement rather than add the money twice; when the journal brings it
+    # later, ingest-treasury joins the two (store.movement_dedupe).
     now = now or utcnow()
     if not creditor_exists(session, id_dominio=id_dominio):
         raise BusinessError(UNKNOWN_EC, f"dominio {id_dominio} non gestito", field="idDominio")
@@ -163,7 +227,9 @@ def submit_riconciliazione(
     ref = body.reference()
     reference_lower = ref.reference.lower() if ref.reference else None
     state, code, description = _initial_state(ref.kind)
-    twin = _twin(session, id_dominio=id_dominio, account=account, body=body, reference_lower=reference_lower)
+    twin = _twin(session, id_dominio=id_dominio, account=account, body=body, ref=ref)
+    if twin is None:
+        _refuse_if_cashed(session, id_dominio=id_dominio, ref=ref)
     try:
         with session.begin_nested():
             if twin is not None:
@@ -172,7 +238,15 @@ def submit_riconciliazione(
                     twin=twin,
                     id_dominio=id_dominio,
                     id_riconciliazione=id_riconciliazione,
-                    body=body,
+                    api={
+                        "reference_kind": ref.kind,
+                        "reference": ref.reference,
+                        "reference_lower": reference_lower,
+                        "integrative": ref.integrative,
+                        "bank_reference": body.sct,
+                        "value_date": body.dataValuta,
+                        "booking_date": body.dataContabile,
+                    },
                     canonical=canonical,
                     digest=digest,
                     now=now,
@@ -230,18 +304,16 @@ def _adopt(
     twin: TreasuryMovement,
     id_dominio: str,
     id_riconciliazione: str,
-    body: RiconciliazionePut,
+    api: dict[str, Any],
     canonical: dict[str, Any],
     digest: str,
     now: datetime,
 ) -> Reconciliation:
+    """The journal movement takes the riconciliazione (its own ``TES-<id>`` one renamed, or a new one)."""
+    complete_journal_movement(session, journal=twin, api=api)
     claimed = session.exec(
         select(Reconciliation).where(Reconciliation.movement_id == twin.id).order_by(col(Reconciliation.id))
     ).first()
-    if claimed is not None and not RESERVED_ID.fullmatch(claimed.external_id):
-        raise BusinessError(
-            ALREADY_CASHED, f"movimento gia' riconciliato con id {claimed.external_id}", field="sct"
-        )
     if claimed is None:
         state, code, description = _initial_state(twin.reference_kind or "none")
         claimed = Reconciliation(
@@ -257,7 +329,7 @@ def _adopt(
             external_id="",
         )
     claimed.external_id, claimed.request_hash, claimed.request = id_riconciliazione, digest, canonical
-    claimed.value_date = claimed.value_date or body.dataValuta or twin.value_date
+    claimed.value_date = claimed.value_date or api["value_date"] or twin.value_date
     session.add(claimed)
     return claimed
 

@@ -192,8 +192,8 @@ def record_quarantine(
     return row
 
 
-# Which Movement field carries the bank's own id of a movement, stable from one journal to the next (for camt the
-# reader gives the entry's AcctSvcrRef, never the per-statement NtryRef).
+# Which Movement field carries the bank's own id of a movement, stable from one journal to the next (for camt
+# the reader gives the entry's AcctSvcrRef, never the per-statement NtryRef).
 MOVEMENT_ID_FIELD: dict[str, str] = {}
 
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -24,6 +23,7 @@ from reports.reconciliation import (
     report_file_names,
     write_report_files,
 )
+from rules.calendar import italian_today
 from store.report_data import collections_summary, reconciliation_data
 
 
@@ -36,10 +36,14 @@ def _artifact_key(prefix: str, id_dominio: str) -> str:
 def publish_reconciliation_report(
     id_dominio: str, report_date: date | None = None, window_days: int = 14, max_items: int = 500
 ) -> dict[str, Any]:
-    """Write an EC's daily report and month-to-date prospetto in the work dir; publish them as artifacts."""
+    """Write an EC's daily report and month-to-date prospetto in the work dir; publish them as artifacts.
+
+    Returns where the files are (``directory``, ``files`` by name), the report's totals and anomaly counts.
+    Re-run for the same day, it rewrites the same files (atomically) and adds a new version of each artifact.
+    """
     # files: <work_dir>/reports/<ec>/<date>/ (daily report in HTML, CSV, PDF; prospetto by day in CSV, PDF)
     logger = get_run_logger()
-    day = report_date or datetime.now(ZoneInfo("Europe/Rome")).date()
+    day = report_date or italian_today()
     with session_scope() as session:
         data = reconciliation_data(
             session, id_dominio=id_dominio, report_date=day, window_days=window_days, max_items=max_items
@@ -92,6 +96,7 @@ def publish_reconciliation_report(
     return {
         "id_dominio": id_dominio,
         "report_date": day.isoformat(),
+        "directory": str(files[names["html"]].parent),
         "files": {name: str(path) for name, path in files.items()},
         "totals": {t.key: {"count": t.raw_count, "amount": str(t.raw_amount)} for t in ctx.totals},
         "anomalies": {g.label: g.count for g in data.anomalies},

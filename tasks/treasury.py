@@ -27,6 +27,7 @@ from models.registry import TreasurySource
 from models.settings import get_settings
 from models.treasury import TreasuryFileState
 from store import treasury as store
+from store.movement_dedupe import link_api_movements
 
 SKIPPED = "SKIPPED"
 ARTIFACT_ROWS = 1_000  # a table artifact is for eyes, not for export: the rest stays in the database
@@ -58,7 +59,10 @@ class FetchedFile(BaseModel):
 
 
 class FileOutcome(BaseModel):
-    """What became of one file: PROCESSED, QUARANTINED or SKIPPED (seen before, ``previous`` says how)."""
+    """What became of one file: PROCESSED, QUARANTINED or SKIPPED (seen before, ``previous`` says how).
+
+    ``linked``: new movements that are money already posted through the API Ragioneria, joined to it.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -70,6 +74,7 @@ class FileOutcome(BaseModel):
     format: str | None = None
     movements: int = 0
     duplicates: int = 0
+    linked: int = 0
     error: str | None = None
     previous: str | None = None
 
@@ -204,6 +209,9 @@ def process_file(
                     fmt=fmt.value,
                     batch_size=batch_size,
                 )
+                linked = link_api_movements(
+                    session, id_dominio=source.id_dominio, account=source.account, file_id=claimed.id
+                )
                 store.finish_file(session, file=claimed, movements=inserted, duplicates=read - inserted)
                 session.commit()
         except (UnreadableFileError, TreasuryFormatError) as exc:
@@ -237,12 +245,14 @@ def process_file(
             )
     path.unlink(missing_ok=True)
     log.info(
-        "treasury %s: %s (%s) stored as file %s: %d new movements, %d already known",
+        "treasury %s: %s (%s) stored as file %s: %d new movements (%d already posted through the API), "
+        "%d already known",
         fetched.source,
         fetched.name,
         fmt.value,
         claimed.id,
         inserted,
+        len(linked),
         read - inserted,
     )
     return _outcome(
@@ -252,6 +262,7 @@ def process_file(
         format=fmt.value,
         movements=inserted,
         duplicates=read - inserted,
+        linked=len(linked),
     )
 
 
@@ -331,6 +342,33 @@ def archive_treasury_files(source: str, names: list[str]) -> list[str]:
     return moved
 
 
+@task(
+    name="join-api-movements",
+    task_run_name="join-api-movements-{id_dominio}",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=_db_transient,
+)
+def join_api_movements(id_dominio: str) -> int:
+    """Join the EC's credits posted through the API Ragioneria to the journal's copies of the same money.
+
+    Ingest-treasury joins them as it stores a file; this catches a journal stored while the API's copy was
+    being written (or before this rule existed), so reconciliation never sums the same money twice.
+    """
+    with Session(get_engine(), expire_on_commit=False) as session:
+        linked = link_api_movements(session, id_dominio=id_dominio)
+        session.commit()
+    if linked:
+        get_run_logger().info(
+            "EC %s: %d riconciliazioni posted through the API joined to the journal's movements: %s",
+            id_dominio,
+            len(linked),
+            ", ".join(f"{x.id_riconciliazione} -> {x.movement_id} ({x.evidence})" for x in linked[:20]),
+        )
+    return len(linked)
+
+
 # --- report -------------------------------------------------------------------------------------------
 
 
@@ -360,6 +398,8 @@ def summary_markdown(*, outcomes: list[FileOutcome], failures: dict[str, str]) -
         ]
         for o in outcomes:
             note = o.error or (f"seen before ({o.previous})" if o.previous else "")
+            if o.linked:
+                note = f"{o.linked} already posted through the API Ragioneria, joined to it"
             note = note.replace("|", "\\|").replace("\n", " ")
             lines.append(f"| {o.source} | {o.name} | {o.state} | {o.movements} | {o.duplicates} | {note} |")
     else:
@@ -368,9 +408,12 @@ def summary_markdown(*, outcomes: list[FileOutcome], failures: dict[str, str]) -
         lines += ["", "## Failures", ""]
         lines += [f"- **{where}**: {why}" for where, why in failures.items()]
     totals = sum(o.movements for o in outcomes), sum(o.duplicates for o in outcomes)
+    linked = sum(o.linked for o in outcomes)
     lines += [
         "",
-        f"Totals: {totals[0]} new movements, {totals[1]} duplicates, "
+        f"Totals: {totals[0]} new movements"
+        + (f" ({linked} joined to riconciliazioni posted through the API)" if linked else "")
+        + f", {totals[1]} duplicates, "
         f"{sum(o.state == TreasuryFileState.QUARANTINED for o in outcomes)} file(s) quarantined.",
     ]
     return "\n".join(lines) + "\n"

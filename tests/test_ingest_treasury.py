@@ -19,10 +19,13 @@ from sqlmodel import Session, select
 from connectors.treasury.sftp import SftpAuthError, SftpRetriableError, UnknownHostKeyError
 from models.db import get_engine
 from models.journal import Event
-from models.registry import TreasurySource
+from models.reconciliation import Reconciliation
+from models.registry import IbanAccount, TreasurySource
 from models.settings import get_settings
 from models.treasury import TreasuryFile, TreasuryFileState, TreasuryMovement
+from rules.riconciliazioni import RiconciliazionePut
 from sandbox.builders.treasury import Credit, JournalFormat, build_journal
+from store.riconciliazioni import submit_riconciliazione
 from tasks.treasury import artifact_key, retry_if_retriable
 from tests.conftest import Database
 from tests.factories import load_example_registry
@@ -262,16 +265,37 @@ def test_overlapping_journals_store_each_movement_once(
     original = synthetic(SYNTHETIC["mt940"])
     (mt940 / "day.sta").write_bytes(original)
     (mt940 / "day-resent.sta").write_bytes(original.replace(b":20:STMT20240726", b":20:STMT20240726BIS", 1))
+    # The EC's accounting posted the fifth credit through the API Ragioneria before the journal came.
+    with env.session() as session:
+        session.add(IbanAccount(id_dominio=COMUNE, iban=IBAN))
+        fifth = _credit(5)
+        submit_riconciliazione(
+            session,
+            id_dominio=COMUNE,
+            id_riconciliazione="R-5",
+            body=RiconciliazionePut(
+                importo=fifth.amount,
+                dataValuta=fifth.value_date,
+                contoAccredito=IBAN,
+                sct=fifth.bank_reference,
+                causale=fifth.remittance,
+            ),
+        )
+        session.commit()
 
     summary = ingest_treasury(source=None, archive=False)
 
     assert summary["processed"] == 4 and summary["failures"] == {}
     assert summary["movements"] == 9 + 11 and summary["duplicates"] == 3 + 11
+    assert summary["linked"] == 1  # the fifth credit is the API's: one movement, carrying R-5
     with env.session() as session:
         assert count(session, account=IBAN) == 9
         assert count(session, account="ACC-MT940") == 11
         keys = session.exec(select(TreasuryMovement.dedupe_key).where(TreasuryMovement.account == IBAN)).all()
         assert sorted(keys) == [f"id:BT{n:014d}" for n in range(1, 10)]  # AcctSvcrRef, not NtryRef
+        (posted,) = session.exec(select(Reconciliation).where(Reconciliation.external_id == "R-5")).all()
+        carrier = session.get(TreasuryMovement, posted.movement_id)
+        assert carrier is not None and carrier.dedupe_key == "id:BT00000000000005" and carrier.file_id
 
     # Not archived, so every file is downloaded again and skipped by its hash.
     again = ingest_treasury(source=f"{prefix}-camt", archive=False)

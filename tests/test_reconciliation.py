@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from sqlmodel import Session, select
@@ -187,7 +188,7 @@ def test_totals_are_exact(s: Session) -> None:
 
 
 def test_the_reconcile_flow_runs_under_prefect(db: Database, monkeypatch: pytest.MonkeyPatch,
-                                               prefect_harness: None) -> None:
+                                               prefect_harness: None, tmp_path: Path) -> None:
     from models import db as models_db
     from models.settings import get_settings
 
@@ -197,6 +198,7 @@ def test_the_reconcile_flow_runs_under_prefect(db: Database, monkeypatch: pytest
         flow(session, id_flusso=FLOW_ID, positions=[a])
         money(session, remittance=f"/PUR/LGPE-RIVERSAMENTO/URI/{FLOW_ID}", amount="9.99")
     monkeypatch.setenv("PAGOFLOW_DATABASE_URL", db.url)
+    monkeypatch.setenv("PAGOFLOW_WORK_DIR", str(tmp_path))  # the flow writes its reports there
     get_settings.cache_clear()
     models_db.get_engine.cache_clear()
     try:

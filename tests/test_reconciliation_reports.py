@@ -16,9 +16,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from lxml import etree, html
 from pypdf import PdfReader
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from models.positions import Position
+from models.reconciliation import Reconciliation
+from models.treasury import TreasuryMovement
 from reports.reconciliation import (
     LABEL_ACTIONS,
     prospetto_context,
@@ -31,8 +33,10 @@ from reports.reconciliation import (
     render_svg,
     write_report_files,
 )
+from rules.riconciliazioni import RiconciliazionePut
 from store.reconciliation import reconcile_ec
 from store.report_data import collections_summary, reconciliation_data
+from store.riconciliazioni import submit_riconciliazione
 from tests.conftest import Database
 from tests.factories import load_example_registry
 from tests.factories_reconciliation import EC, flow, money, paid_position
@@ -52,7 +56,7 @@ class Scenario:
     unreported: Position
 
 
-def build(s: Session) -> Scenario:
+def build(s: Session, *, reconcile: bool = True) -> Scenario:
     """Two cashed payments, one reported without money, one not reported, loose money of three kinds."""
     a, b = paid_position(s, amount="10.00"), paid_position(s, amount="15.50")
     c, d = paid_position(s, amount="7.25"), paid_position(s, amount="61.20")
@@ -71,8 +75,9 @@ def build(s: Session) -> Scenario:
         amount="61.20",
         party="BANCA DI TEST",
     )
-    reconcile_ec(s, id_dominio=EC)
-    s.commit()
+    if reconcile:
+        reconcile_ec(s, id_dominio=EC)
+        s.commit()
     return Scenario(cashed=[a, b], reported=d, unreported=c)
 
 
@@ -304,3 +309,89 @@ def test_publish_task_writes_files_and_artifacts(
         in published[f"reconciliation-daily-{EC}"]
     )
     assert "TES_NO_MATCH" in published[f"reconciliation-anomalies-{EC}"]
+
+
+@pytest.mark.prefect
+def test_the_reconcile_flow_joins_the_api_copy_reconciles_and_publishes_the_reports(
+    sqlite_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_harness: None
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    from flows.reconcile import reconcile
+    from models import db as models_db
+    from models.settings import get_settings
+
+    with sqlite_db.session() as session:
+        load_example_registry(session)
+        # The EC's accounting posts the cashed flow's credit first; the journal's copy of it is then stored
+        # by a worker that raced the API (so ingestion did not join them): two movements for one credit.
+        submit_riconciliazione(
+            session,
+            id_dominio=EC,
+            id_riconciliazione="R-CASHED",
+            body=RiconciliazionePut(importo=Decimal("25.50"), sct="CRO-1", idFlusso=CASHED_FLOW),
+        )
+        session.commit()
+        build(session, reconcile=False)
+        assert len(session.exec(select(TreasuryMovement)).all()) == 6
+    monkeypatch.setenv("PAGOFLOW_DATABASE_URL", sqlite_db.url)
+    monkeypatch.setenv("PAGOFLOW_WORK_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    models_db.get_engine.cache_clear()
+    try:
+        (first,) = reconcile(id_dominio=EC, report_date=TODAY)
+        (second,) = reconcile(id_dominio=EC, report_date=TODAY)
+    finally:
+        get_settings.cache_clear()
+        models_db.get_engine.cache_clear()
+
+    assert (first["joined"], first["flows_cashed"], first["flows_in_error"]) == (1, 1, 0)
+    assert (second["joined"], second["flows_cashed"], second["collections_cashed"]) == (0, 1, 0)
+    reports = first["reports"]
+    directory = tmp_path / "reports" / EC / TODAY.isoformat()
+    assert Path(reports["directory"]) == directory.resolve() and reports["report_date"] == TODAY.isoformat()
+    assert {Path(p).parent for p in reports["files"].values()} == {directory.resolve()}
+    suffixes = sorted(Path(p).suffix for p in reports["files"].values())
+    assert suffixes == [".csv", ".csv", ".html", ".pdf", ".pdf"]
+    # the files say what the day was: the credit counted once and cashed, the rest as in the daily report
+    html_file = Path(reports["files"][f"riconciliazione-{EC}-{TODAY.isoformat()}.html"])
+    doc = html.fromstring(html_file.read_text(encoding="utf-8"))
+    totals = {
+        el.get("id"): (int(el.get("data-count")), Decimal(el.get("data-amount")))
+        for el in doc.xpath("//div[@class='total']")
+    }
+    assert totals == {
+        "total-cashed": (2, Decimal("25.50")),
+        "total-reported": (1, Decimal("61.20")),
+        "total-paid": (1, Decimal("7.25")),
+        "total-unexplained": (4, Decimal("595.20")),
+    }
+    csv_file = Path(reports["files"][f"riconciliazione-{EC}-{TODAY.isoformat()}.csv"])
+    rows = list(csv.DictReader(io.StringIO(csv_file.read_text(encoding="utf-8"))))
+    assert {r["etichetta"]: r["importo"] for r in rows if r["sezione"] == "TOTALE"}["cashed"] == "25.50"
+    assert reports["totals"]["cashed"] == {"count": 2, "amount": "25.50"}
+    assert second["reports"]["totals"] == reports["totals"]
+    with sqlite_db.session() as session:
+        movements = session.exec(select(TreasuryMovement)).all()
+        posted = session.exec(select(Reconciliation).where(Reconciliation.external_id == "R-CASHED")).one()
+    assert len(movements) == 5 and not any(m.dedupe_key.startswith("ragioneria:") for m in movements)
+    assert posted.state == "ACQUISITO" and posted.movement_id in {m.id for m in movements}
+
+    async def newest(keys: list[str]) -> dict[str, str]:
+        async with get_client() as client:
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)),
+                sort=ArtifactSort.CREATED_DESC,
+            )
+        out: dict[str, str] = {}
+        for artifact in found:  # other tests of this Prefect session write the same keys: newest first
+            out.setdefault(artifact.key or "", str(artifact.data))
+        return out
+
+    import asyncio
+
+    published = asyncio.run(newest(["reconciliation-report", f"reconciliation-daily-{EC}"]))
+    assert str(directory.resolve()) in published["reconciliation-report"]
+    assert str(html_file) in published[f"reconciliation-daily-{EC}"]

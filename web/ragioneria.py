@@ -1,16 +1,19 @@
-"""GovPay API Ragioneria v3 reads of reporting flows: the list and one flow (JSON with its lines, or XML)."""
+"""GovPay API Ragioneria v3: reads of reporting flows (the list, one flow as JSON or XML) and what every
+Ragioneria route shares (base path, the 021408 answer to a bad parameter, EC and period checks)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from datetime import date
 from decimal import Decimal
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
+from fastapi.routing import APIRoute
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlmodel import Session, col, select
@@ -21,12 +24,58 @@ from models.positions import Position
 from models.registry import Creditor
 from models.reporting import ReportingFlow, ReportingLine
 from rules.reporting import UNKNOWN_OUTCOME_VALUE, FlowHeader, FlowLine, render_flow_xml
+from rules.riconciliazioni import SYNTAX
 from store.reporting import FlowFilter, find_flow, iter_lines, line_details, list_flows
 from web.auth import Principal
-from web.errors import forbidden, not_found
+from web.errors import ApiError, forbidden, not_found
 from web.pendenze import PrincipalDep, SessionDep
 
-router = APIRouter()
+
+def syntax_error(detail: str) -> ApiError:
+    """GovPay Ragioneria's answer to a malformed request: 400 with code 021408, naming the field."""
+    return ApiError(400, "RICHIESTA", SYNTAX, "Richiesta non valida", detail)
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("query", "path", "body", "header")]
+    return ".".join(parts) or "richiesta"
+
+
+class RagioneriaRoute(APIRoute):
+    """A route of the API Ragioneria: bad parameters answer GovPay's 021408, not the API Pendenze's SINTASSI.
+
+    FastAPI validates query and path parameters before the endpoint runs; this turns its error into the
+    Ragioneria body, naming each offending parameter and why.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """The endpoint, with FastAPI's validation errors turned into 021408."""
+        handler = super().get_route_handler()
+
+        async def checked(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                raise syntax_error(
+                    "; ".join(
+                        f"{_where(tuple(e['loc']))}: {str(e['msg']).removeprefix('Value error, ')}"
+                        for e in exc.errors()
+                    )
+                ) from exc
+
+        return checked
+
+
+router = APIRouter(route_class=RagioneriaRoute)
+
+EC_PATTERN = r"^[0-9]{11}$"
+IdDominioPath = Annotated[str, Path(pattern=EC_PATTERN)]
+
+
+def check_period(data_da: date | None, data_a: date | None) -> None:
+    """A period filter must not end before it starts (021408 naming dataA)."""
+    if data_da is not None and data_a is not None and data_a < data_da:
+        raise syntax_error(f"dataA: {data_a.isoformat()} precede dataDa {data_da.isoformat()}")
 
 FlowStato = Literal["ACCETTATA", "ANOMALA", "OBSOLETA"]
 
@@ -155,7 +204,7 @@ def _check_visible(who: Principal, id_dominio: str) -> None:
 def list_flussi(
     session: SessionDep,
     who: PrincipalDep,
-    idDominio: Annotated[str | None, Query(pattern=r"^[0-9]{11}$")] = None,  # noqa: N803 - GovPay's names
+    idDominio: Annotated[str | None, Query(pattern=EC_PATTERN)] = None,  # noqa: N803 - GovPay's names
     dataDa: date | None = None,
     dataA: date | None = None,  # noqa: N803
     stato: FlowStato | None = None,
@@ -166,6 +215,7 @@ def list_flussi(
     risultatiPerPagina: Annotated[int, Query(ge=1, le=500)] = 25,  # noqa: N803
 ) -> dict[str, Any]:
     """The reporting flows the caller may see, filtered and paged, in GovPay's list envelope."""
+    check_period(dataDa, dataA)
     if idDominio is not None:
         _check_visible(who, idDominio)
     total, rows = list_flows(
@@ -238,7 +288,7 @@ def _rendered_xml(flow_id: int, header: FlowHeader) -> Iterator[bytes]:
 
 @router.get("/flussiRendicontazione/{idDominio}/{idFlusso}", response_model=None)
 def get_flusso(
-    idDominio: str,
+    idDominio: IdDominioPath,
     idFlusso: str,
     request: Request,
     session: SessionDep,  # noqa: N803

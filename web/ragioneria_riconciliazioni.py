@@ -25,7 +25,7 @@ from models.positions import Position
 from models.reconciliation import Reconciliation
 from models.treasury import TreasuryMovement
 from rules.positions import BusinessError
-from rules.riconciliazioni import SYNTAX, UNKNOWN_EC, RiconciliazionePut, check_id
+from rules.riconciliazioni import UNKNOWN_EC, RiconciliazionePut, check_id
 from store.riconciliazioni import (
     CollectionView,
     RicevutaFilter,
@@ -41,21 +41,17 @@ from store.riconciliazioni import (
     submit_riconciliazione,
 )
 from web.auth import Principal
-from web.errors import ApiError, forbidden, not_found
+from web.errors import forbidden, not_found
 from web.pendenze import PrincipalDep, SessionDep
+from web.ragioneria import EC_PATTERN, IdDominioPath, RagioneriaRoute, check_period, syntax_error
 
-router = APIRouter()
+router = APIRouter(route_class=RagioneriaRoute)
 
-EC_PATTERN = r"^[0-9]{11}$"
 Pagina = Annotated[int, Query(ge=1)]
 PerPagina = Annotated[int, Query(ge=1, le=500)]
 StatoRiconciliazione = Literal["IN_ELABORAZIONE", "ACQUISITO", "ERRORE"]
 StatoRiscossione = Literal["RISCOSSA", "INCASSATA"]
 TipoRiscossione = Literal["ENTRATA", "MBT", "ALTRO_INTERMEDIARIO"]
-
-
-def _syntax(detail: str) -> ApiError:
-    return ApiError(400, "RICHIESTA", SYNTAX, "Richiesta non valida", detail)
 
 
 async def _json_body(request: Request) -> Any:
@@ -64,7 +60,7 @@ async def _json_body(request: Request) -> Any:
     try:
         return json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
-        raise _syntax(f"il corpo della richiesta non e' JSON valido: {exc}") from exc
+        raise syntax_error(f"il corpo della richiesta non e' JSON valido: {exc}") from exc
 
 
 JsonBody = Annotated[Any, Depends(_json_body)]
@@ -239,14 +235,14 @@ def put_riconciliazione(
 ) -> dict[str, Any]:
     """Submit a treasury movement to reconcile: 202 once stored, 200 with the current state if resubmitted."""
     if not re.fullmatch(EC_PATTERN, idDominio):
-        raise _syntax("idDominio: 11 cifre")
+        raise syntax_error("idDominio: 11 cifre")
     problem = check_id(id)
     if problem:
-        raise _syntax(problem)
+        raise syntax_error(problem)
     try:
         data = RiconciliazionePut.model_validate(body)
     except ValidationError as exc:
-        raise _syntax(
+        raise syntax_error(
             "; ".join(
                 f"{'.'.join(map(str, e['loc'])) or 'corpo'}: {e['msg'].removeprefix('Value error, ')}"
                 for e in exc.errors()
@@ -278,6 +274,7 @@ def get_riconciliazioni(
     risultatiPerPagina: PerPagina = 25,  # noqa: N803
 ) -> dict[str, Any]:
     """The riconciliazioni the caller may see (submitted here or read from the journal), newest first."""
+    check_period(dataDa, dataA)
     if idDominio is not None:
         _check_visible(who, idDominio)
     total, rows = list_riconciliazioni(
@@ -302,7 +299,7 @@ def get_riconciliazioni(
 
 @router.get("/riconciliazioni/{idDominio}/{id}")
 def get_riconciliazione(
-    idDominio: str,
+    idDominio: IdDominioPath,
     id: str,
     session: SessionDep,  # noqa: N803, A002
     who: PrincipalDep,
@@ -329,6 +326,7 @@ def get_riscossioni(
     risultatiPerPagina: PerPagina = 25,  # noqa: N803
 ) -> dict[str, Any]:
     """Riscossioni (one per transfer paid) with their receipt and position; other brokers' lines last."""
+    check_period(dataDa, dataA)
     if idDominio is not None:
         _check_visible(who, idDominio)
     total, views = list_riscossioni(
@@ -350,13 +348,14 @@ def get_ricevute(
     idDominio: Annotated[str | None, Query(pattern=EC_PATTERN)] = None,  # noqa: N803
     dataDa: date | None = None,
     dataA: date | None = None,  # noqa: N803
-    esito: Annotated[str | None, Query(max_length=2)] = None,
+    esito: Literal["OK", "KO"] | None = None,
     iuv: Annotated[str | None, Query(max_length=35)] = None,
     idRicevuta: Annotated[str | None, Query(max_length=35)] = None,  # noqa: N803
     pagina: Pagina = 1,
     risultatiPerPagina: PerPagina = 25,  # noqa: N803
 ) -> dict[str, Any]:
     """Receipts the caller may see, newest payment first, each with its position."""
+    check_period(dataDa, dataA)
     if idDominio is not None:
         _check_visible(who, idDominio)
     total, rows = list_ricevute(
