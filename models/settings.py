@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     registry_cache_seconds: float = Field(default=30.0, ge=0, description="How long the web process caches the registry.")
     work_dir: Path = Field(default=Path("var"), description="Where outcome files, notices and reports go.")
     secret_key: SecretStr | None = Field(default=None, description="Key for signing sessions (console).")
+    console_https_only: bool = Field(
+        default=False, description="Send the console's session cookie over HTTPS only (behind a TLS proxy).")
 
     def pagopa_api_dir(self) -> Path:
         """The pagopa-api tree of the specs folder, checked to exist."""

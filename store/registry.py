@@ -200,3 +200,25 @@ def registry_snapshot(session: Session) -> dict[str, list[dict[str, Any]]]:
             for r in rows
         ]
     return out
+
+
+def upsert_entry(session: Session, *, model: type[SQLModel], key: dict[str, Any], values: dict[str, Any],
+                 actor: str) -> str:
+    """Create or update one registry row found by its business key, audited as `config apply` audits.
+
+    For edits of single entries (the operator console); returns 'created', 'updated' or 'unchanged'.
+    """
+    applier = _Applier(session, actor)
+    applier.sync(model, key, values)
+    session.flush()
+    counts = applier.report.counts[model.__tablename__]  # type: ignore[attr-defined]
+    return next(action for action in ("created", "updated", "unchanged") if counts[action])
+
+
+def replace_grants(session: Session, *, model: type[SQLModel], owner: dict[str, Any],
+                   wanted: list[dict[str, Any]], actor: str) -> bool:
+    """Make an owner's grants exactly ``wanted`` (others revoked), audited; True if anything changed."""
+    applier = _Applier(session, actor)
+    applier.sync_set(model, owner, wanted)
+    session.flush()
+    return applier.report.changed
