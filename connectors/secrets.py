@@ -40,7 +40,9 @@ def resolve_secret(ref: str | None) -> SecretStr | None:
         from prefect.blocks.system import Secret  # imported lazily: prefect costs seconds to import
 
         try:
-            value = Secret.load(name).get()
+            # _sync: the same blocking call from a task, a flow, an event loop (publication's senders, the web
+            # process's async handlers) or plain code; by default an event loop would get a coroutine back
+            value = Secret.load(name, _sync=True).get()
         except ValueError as exc:
             raise SecretNotFoundError(ref, f"no Prefect Secret block named {name}") from exc
     register_secret(value)

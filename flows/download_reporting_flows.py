@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 from connectors.pagopa.config import get_endpoints
 from models.registry import ReportingMode
+from tasks.claims import leased, reporting_lease
 from tasks.reporting import (
     REFUSED,
     EcJob,
@@ -121,14 +122,17 @@ def download_reporting_flows(id_dominio: str | None = None, days: int = 30) -> d
     lister = list_reporting_flows.with_options(**retry)  # type: ignore[arg-type]
     downloader = download_reporting_flow.with_options(**retry)  # type: ignore[arg-type]
     jobs = list_reporting_creditors(id_dominio)
-    summary = run_download(
-        jobs=jobs,
-        days=days,
-        max_flows=cfg.max_flows_per_run,
-        list_flows=lambda job, d, limit: lister(job, d, limit),
-        download=lambda ref: downloader(ref),
-        advance=lambda ec, handled, failed: advance_reporting_cursor(ec, handled, failed),
-    )
+    # an EC another run is downloading (another worker, the daily cycle) is left to it: a lease per EC
+    with leased([reporting_lease(job.id_dominio) for job in jobs]) as held:
+        busy = [job.id_dominio for job in jobs if reporting_lease(job.id_dominio) not in held]
+        summary = run_download(
+            jobs=[job for job in jobs if job.id_dominio not in busy],
+            days=days,
+            max_flows=cfg.max_flows_per_run,
+            list_flows=lambda job, d, limit: lister(job, d, limit),
+            download=lambda ref: downloader(ref),
+            advance=lambda ec, handled, failed: advance_reporting_cursor(ec, handled, failed),
+        )
     publish_reporting_report(summary.outcomes, summary.listings, summary.failures)
     counts = summary.counts()
     logger.info(
@@ -143,6 +147,7 @@ def download_reporting_flows(id_dominio: str | None = None, days: int = 30) -> d
         raise ReportingDownloadError(summary.failures)
     return {
         "counts": counts,
+        "busy": busy,
         "flows": [o.model_dump(mode="json") for o in summary.outcomes],
         "listings": [x.model_dump(mode="json") for x in summary.listings],
     }

@@ -1,4 +1,4 @@
-"""Counters and watermarks: IUV progressives and per-stage cursors."""
+"""Counters, watermarks and work claims: IUV progressives, per-stage cursors, leases on coarse work units."""
 
 from __future__ import annotations
 
@@ -25,3 +25,16 @@ class Watermark(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=120)
     value: str = Field(max_length=200)
     updated_at: datetime | None = ts_field()
+
+
+class WorkClaim(SQLModel, table=True):
+    """A lease on a coarse unit of work (an EC's flow download, a treasury source) held by one run at a time.
+
+    Free when ``claimed_until`` is NULL (released) or past (its holder died); see ``store.claims``.
+    """
+
+    __tablename__ = "work_claim"
+    name: str = Field(primary_key=True, max_length=120)
+    holder: str | None = Field(default=None, max_length=120)
+    claimed_at: datetime | None = ts_field()
+    claimed_until: datetime | None = ts_field()

@@ -24,6 +24,15 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.close()
 
 
+def _sqlite_savepoint(conn, _name) -> None:  # type: ignore[no-untyped-def]
+    # pysqlite opens a transaction only before INSERT/UPDATE/DELETE: a SAVEPOINT issued first would start a
+    # transaction of its own, which its RELEASE commits at once, ahead of the caller's commit (a station
+    # killed in between kept a receipt without its collections). Open the caller's transaction first.
+    dbapi_connection = conn.connection.dbapi_connection
+    if dbapi_connection is not None and not dbapi_connection.in_transaction:
+        dbapi_connection.execute("BEGIN IMMEDIATE")
+
+
 def make_engine(url: str, **kwargs: object) -> Engine:
     """An engine for the given URL, with the SQLite settings the platform relies on."""
     parsed = make_url(url)
@@ -32,6 +41,7 @@ def make_engine(url: str, **kwargs: object) -> Engine:
             url, connect_args={"check_same_thread": False, "timeout": 60}, **kwargs  # type: ignore[arg-type]
         )
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "savepoint", _sqlite_savepoint)
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)  # type: ignore[arg-type]
 

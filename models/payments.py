@@ -60,6 +60,7 @@ class PaymentAttempt(SQLModel, table=True):
     redirect_url: str | None = Field(default=None, max_length=500)
     recovery_attempts: int = Field(default=0)
     next_recovery_at: datetime | None = ts_field()
+    recovery_claimed_until: datetime | None = ts_field()  # a receipts run is asking pagoPA for it until then
     last_error: str | None = Field(default=None, max_length=500)
     requested_at: datetime = created_field()
     expires_at: datetime | None = ts_field()

@@ -108,6 +108,7 @@ class Position(SQLModel, table=True):
     published_at: datetime | None = ts_field()
     publication_error: str | None = Field(default=None, max_length=500)
     publication_attempts: int = Field(default=0)
+    publication_claimed_until: datetime | None = ts_field()  # a publisher is sending it to GPD/ACA until then
     created_at: datetime = created_field()
     updated_at: datetime | None = ts_field(index=True)
     paid_at: datetime | None = ts_field()

@@ -82,3 +82,4 @@ class ReportingLine(SQLModel, table=True):
     anomalies: Any = json_field()
     collection_id: int | None = Field(default=None, foreign_key="collection.id")
     position_id: int | None = Field(default=None, foreign_key="position.id")
+    recovery_claimed_until: datetime | None = ts_field()  # a receipts run is asking pagoPA for it until then

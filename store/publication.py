@@ -1,35 +1,26 @@
 """The publication queue: windows of queued positions, claiming a batch, recording what GPD/ACA acknowledged.
 
 A position is queued while ``publication_state`` is PENDING (``store.positions`` sets it on every change).
-Two publishers never send the same position at once:
-
-* PostgreSQL: ``claim_batch`` locks the batch's rows with ``SELECT … FOR NO KEY UPDATE SKIP LOCKED`` in the
-  caller's transaction, which stays open while the calls are made and the outcomes recorded; another run
-  skips those rows, and a change to one of them (an application's PUT) waits for the batch to commit and
-  then queues the position again. NO KEY keeps inserts that reference the position (attempts, receipts)
-  free to proceed. A crash rolls back: the locks go, nothing is marked, the re-run finds GPD's copies and
-  converges (409 → GET → same content → acknowledged).
-* SQLite (one writer): ``publisher_lock`` takes an exclusive lock on a file next to the database for the
-  whole batch, so publishers take turns and each reads the queue after the previous one committed; the
-  database itself is not locked while the calls are made, so the web process keeps writing. A position
-  changed during the calls keeps the new version queued (``record_outcomes`` compares versions).
+Two publishers (two workers, or the daily cycle beside the scheduled run) never send the same position at
+once: ``claim_batch`` claims a batch's queued positions with a lease, ``publication_claimed_until``, in one
+``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING`` (on SQLite the statement holds the single
+write lock), and the caller commits at once. No transaction stays open while GPD or ACA is called: the station
+and the API never wait for a publication (a receipt for a position being published is stored at once). The
+outcomes are recorded and the claim released in a second short transaction (``record_outcomes``,
+``release_claims``); a position changed meanwhile keeps its new version queued (``record_outcomes`` compares
+versions). A publisher that dies leaves its claims to run out (``CLAIM_LEASE``); the next one converges with
+GPD's copies (409 → GET → same content → acknowledged).
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
-import threading
-import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, case, func, update
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy import bindparam, case, func, or_, update
 from sqlmodel import Session, col, select
 
 from models.positions import Position, PositionItem, PublicationState
@@ -38,12 +29,7 @@ from rules.publication import ACKNOWLEDGED, Candidate, CandidateItem, Outcome, R
 from rules.station import transfer_category
 
 ERROR_LENGTH = 500
-_thread_locks: dict[str, threading.Lock] = {}
-_thread_locks_guard = threading.Lock()
-
-
-class PublisherBusyError(RuntimeError):
-    """Another publisher held the SQLite publication lock for longer than the wait allowed."""
+CLAIM_LEASE = timedelta(minutes=30)  # far beyond a batch's calls, the breaker stopping it early
 
 
 @dataclass(frozen=True)
@@ -90,60 +76,6 @@ def pending_windows(
     return windows, backlog
 
 
-def _url(session: Session) -> URL:
-    bind = session.get_bind()
-    return bind.url if isinstance(bind, Engine) else bind.engine.url
-
-
-def _sqlite_path(session: Session) -> str | None:
-    url = _url(session)
-    if url.get_backend_name() != "sqlite":
-        return None
-    database = url.database or ""
-    return "" if database in ("", ":memory:") or database.startswith("file:") else os.path.realpath(database)
-
-
-@contextmanager
-def publisher_lock(session: Session, *, timeout: float = 600.0) -> Iterator[None]:
-    """On SQLite, hold the database's publication lock (a ``flock`` on ``<db>.publish.lock``); else nothing.
-
-    Commit the batch before leaving the block: the next publisher reads the queue as soon as it enters.
-    """
-    path = _sqlite_path(session)
-    if path is None:
-        yield
-        return
-    if not path:  # an in-memory database lives in one process: a thread lock is enough
-        with _thread_locks_guard:
-            lock = _thread_locks.setdefault(str(_url(session)), threading.Lock())
-        if not lock.acquire(timeout=timeout):
-            raise PublisherBusyError(f"another publisher held the lock for more than {timeout:.0f}s")
-        try:
-            yield
-        finally:
-            lock.release()
-        return
-    fd = os.open(f"{path}.publish.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise PublisherBusyError(
-                        f"another publisher held {path}.publish.lock for more than {timeout:.0f}s"
-                    ) from None
-                time.sleep(0.02)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
 _POSITION_COLUMNS = (
     "id",
     "version",
@@ -186,19 +118,33 @@ _ITEM_COLUMNS = (
 
 
 def claim_batch(
-    session: Session, *, first_id: int, last_id: int, id_dominio: str | None = None
+    session: Session,
+    *,
+    first_id: int,
+    last_id: int,
+    id_dominio: str | None = None,
+    now: datetime,
+    until: datetime,
 ) -> list[Candidate]:
-    """The queued positions of a window, locked for this transaction on PostgreSQL, as candidates."""
+    """Claim the window's queued positions not claimed by another publisher, until ``until``; as candidates.
+
+    The caller commits at once (the claim is what other publishers see) and releases the claims with the
+    outcomes (``release_claims``).
+    """
     # Column rows, not ORM objects: building hundreds of full Position objects costs more than the query.
     table = Position.__table__  # type: ignore[attr-defined]
-    stmt = (
-        select(*(table.c[name] for name in _POSITION_COLUMNS))
-        .where(*_queued(id_dominio), table.c.id >= first_id, table.c.id <= last_id)
-        .order_by(table.c.id)
-    )
+    free = or_(table.c.publication_claimed_until.is_(None), table.c.publication_claimed_until < now)
+    window = [*_queued(id_dominio), table.c.id >= first_id, table.c.id <= last_id, free]
+    rows = select(table.c.id).where(*window)
     if session.get_bind().dialect.name == "postgresql":
-        stmt = stmt.with_for_update(skip_locked=True, key_share=True)
-    positions = list(session.execute(stmt).mappings().all())
+        rows = rows.with_for_update(skip_locked=True)  # rows another publisher is claiming right now
+    claimed = session.execute(
+        update(table)
+        .where(table.c.id.in_(rows.scalar_subquery()), *window)
+        .values(publication_claimed_until=until)
+        .returning(*(table.c[name] for name in _POSITION_COLUMNS))
+    )
+    positions = sorted(claimed.mappings().all(), key=lambda p: p["id"])
     if not positions:
         return []
     item_table = PositionItem.__table__  # type: ignore[attr-defined]
@@ -356,3 +302,13 @@ def record_outcomes(session: Session, *, outcomes: Sequence[Outcome], now: datet
             .values(publication_error=bindparam("b_error"), publication_attempts=c.publication_attempts + 1),
             [{"b_id": o.position_id, "b_error": _cut(o.reason)} for o in errors],
         )
+
+
+def release_claims(session: Session, *, ids: Sequence[int]) -> None:
+    """Give back the claims on these positions (with their outcomes, or when a batch stops short)."""
+    if not ids:
+        return
+    table = Position.__table__  # type: ignore[attr-defined]
+    session.execute(
+        update(table).where(table.c.id.in_(list(ids))).values(publication_claimed_until=None)
+    )

@@ -17,6 +17,14 @@ Two kinds of work, each a query (so a re-run or a second worker finds the same w
 A recovered receipt goes through :func:`store.payments.accept_receipt` with ``source=PULL``, exactly like a
 pushed one (idempotent by receiptId: two runs racing store it once), then the lines are linked to its
 collections and the attempts closed.
+
+Two runs at once (two workers, or the daily cycle beside the scheduled ``receipts``) plan the same items; each
+item is claimed before pagoPA is asked (``claim_item``: ``recovery_claimed_until`` on its lines or attempts,
+set in one short transaction, ``FOR UPDATE SKIP LOCKED`` on PostgreSQL), so only one run asks and applies it;
+the other skips it. The claim re-checks that the rows still wait (a line still NO_RECEIPT, an attempt still
+EXPIRED and due), so an item recovered by one run (or an attempt it backed off) is not asked again by a run
+that planned it earlier. The claim is released with the outcome (``release_item``), or runs out after its
+lease if the worker dies.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import and_, or_, update
@@ -141,6 +150,58 @@ def due_recoveries(session: Session, *, now: datetime, limit: int) -> list[Recov
     return lines + attempts
 
 
+def _free(column: Any, now: datetime) -> Any:
+    return or_(column.is_(None), column < now)
+
+
+def claim_item(
+    session: Session, *, item: RecoveryItem, now: datetime, until: datetime
+) -> RecoveryItem | None:
+    """Claim the item's rows still waiting for a receipt until ``until``; None if another run holds them all.
+
+    The item that comes back names only the rows claimed. The caller commits at once, so other runs see it.
+    """
+    if item.kind == RecoveryKind.LINE:
+        model: Any = ReportingLine
+        waiting: list[Any] = [ReportingLine.state == LineState.NO_RECEIPT]
+    else:
+        model = PaymentAttempt
+        waiting = [
+            PaymentAttempt.state == AttemptState.EXPIRED,
+            or_(
+                and_(
+                    col(PaymentAttempt.recovery_attempts) == 0, col(PaymentAttempt.next_recovery_at).is_(None)
+                ),
+                col(PaymentAttempt.next_recovery_at) <= now,
+            ),
+        ]
+    claim_column = model.__table__.c.recovery_claimed_until
+    free = _free(claim_column, now)
+    rows = select(model.id).where(col(model.id).in_(item.ids), *waiting, free)
+    if session.get_bind().dialect.name == "postgresql":
+        rows = rows.with_for_update(skip_locked=True)
+    claimed = session.execute(
+        update(model)
+        .where(col(model.id).in_(rows.scalar_subquery()), *waiting, free)
+        .values(recovery_claimed_until=until)
+        .returning(col(model.id))
+        .execution_options(synchronize_session=False)
+    ).all()
+    ids = tuple(sorted(int(row[0]) for row in claimed))
+    return item.model_copy(update={"ids": ids}) if ids else None
+
+
+def release_item(session: Session, *, item: RecoveryItem) -> None:
+    """Give back the claim on the item's rows (in the transaction that records its outcome)."""
+    model: Any = ReportingLine if item.kind == RecoveryKind.LINE else PaymentAttempt
+    session.execute(
+        update(model)
+        .where(col(model.id).in_(item.ids))
+        .values(recovery_claimed_until=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def apply_recovered(
     session: Session, *, item: RecoveryItem, receipt: ReceiptIn, now: datetime, link_known: bool = True
 ) -> ReceiptOutcome:
@@ -179,18 +240,22 @@ def apply_recovered(
 
 
 def link_lines(session: Session, *, line_ids: Iterable[int], receipt_pk: int) -> int:
-    """Link reporting lines to the collections of a recovered receipt; returns the lines that changed state.
+    """Link reporting lines still NO_RECEIPT to the collections of a recovered receipt; returns those changed.
 
     The decision is the reporting stage's own (:func:`rules.reporting.decide_line`, with this receipt's
     collections of the line's transfer index as candidates): an amount that differs makes the line ANOMALA
     (GovPay 007104); a line with no matching transfer stays NO_RECEIPT.
     """
     collections = list(session.exec(select(Collection).where(Collection.receipt_pk == receipt_pk)).all())
-    rows = session.exec(
+    stmt = (
         select(ReportingLine, ReportingFlow.psp_id)
         .join(ReportingFlow, col(ReportingFlow.id) == ReportingLine.flow_id)
-        .where(col(ReportingLine.id).in_(list(line_ids)))
-    ).all()
+        .where(col(ReportingLine.id).in_(list(line_ids)), ReportingLine.state == LineState.NO_RECEIPT)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        # a line linked meanwhile (by a run whose claim ran out) is re-read once that run commits, and skipped
+        stmt = stmt.with_for_update(of=ReportingLine)  # type: ignore[arg-type]
+    rows = session.exec(stmt).all()
     changed = 0
     for line, psp_id in rows:
         options = [c for c in collections if c.transfer_index == line.transfer_index]

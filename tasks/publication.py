@@ -1,9 +1,10 @@
 """Tasks of the publish-positions flow: cut the queue in windows, publish one window to GPD/ACA.
 
 ``publish_batch`` is the whole unit of work without Prefect: claim the window's queued positions
-(``store.publication``), decide per position (``rules.publication.plan``), hold the conversation with GPD or
-ACA from ``publish_concurrency`` workers on one event loop (409 → GET → compare, 404 → create, see
-``rules.publication``), journal every call in one insert, and record the outcomes in the claim's transaction.
+(``store.publication``: a lease, committed at once), decide per position (``rules.publication.plan``), hold
+the conversation with GPD or ACA from ``publish_concurrency`` workers on one event loop (409 → GET → compare,
+404 → create, see ``rules.publication``) with no database transaction open, journal every call in one
+insert, and record the outcomes and release the claims in one short transaction.
 Transient faults left after the connector's own retries make the task fail with PublicationIncompleteError
 once the rest is recorded, so Prefect retries it (only those positions are still queued); a run of them
 (pagoPA down) stops the batch early. Refused credentials stop the calls for that key.
@@ -56,7 +57,14 @@ from rules.publication import (
     plan,
     today_in_rome,
 )
-from store.publication import Window, claim_batch, pending_windows, publisher_lock, record_outcomes
+from store.publication import (
+    CLAIM_LEASE,
+    Window,
+    claim_batch,
+    pending_windows,
+    record_outcomes,
+    release_claims,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -319,24 +327,36 @@ def publish_batch(
     transport: httpx.AsyncBaseTransport | None = None,
     on_claimed: Callable[[list[Candidate]], None] | None = None,
 ) -> BatchReport:
-    """Claim the window's queued positions, publish them, journal the calls and record the outcomes."""
+    """Claim the window's queued positions, publish them, journal the calls and record the outcomes.
+
+    Three short transactions, none open while GPD/ACA is called: the claim, the journal, the outcomes with
+    the claims' release. If the calls stop short (an unexpected error), the claims are given back at once.
+    """
     marks = [time.perf_counter()]
     today = today_in_rome(now or utcnow())
     window = Window(first_id=first_id, last_id=last_id, size=0)
-    with session_scope() as session, publisher_lock(session):
-        candidates = claim_batch(session, first_id=first_id, last_id=last_id, id_dominio=id_dominio)
-        if on_claimed is not None:
-            on_claimed(candidates)
+    claimed_at = utcnow()
+    with session_scope() as session:  # committed on leaving: other publishers now skip these positions
+        candidates = claim_batch(session, first_id=first_id, last_id=last_id, id_dominio=id_dominio,
+                                 now=claimed_at, until=claimed_at + CLAIM_LEASE)  # fmt: skip
+    claimed = [c.id for c in candidates]
+    if on_claimed is not None:
+        on_claimed(candidates)
+    marks.append(time.perf_counter())
+    journal = BufferedJournal()
+    try:
+        outcomes = send_batch(candidates, today=today, journal=journal, transport=transport)
+    except BaseException:
+        with session_scope() as session:
+            release_claims(session, ids=claimed)
+        raise
+    finally:
         marks.append(time.perf_counter())
-        journal = BufferedJournal()
-        try:
-            outcomes = send_batch(candidates, today=today, journal=journal, transport=transport)
-        finally:
-            marks.append(time.perf_counter())
-            journaled = journal.flush()  # before this session writes: on SQLite the journal needs the writer
-        marks.append(time.perf_counter())
+        journaled = journal.flush()
+    marks.append(time.perf_counter())
+    with session_scope() as session:
         record_outcomes(session, outcomes=outcomes, now=utcnow())
-        session.commit()  # inside the lock: the next publisher must see these outcomes
+        release_claims(session, ids=claimed)
     marks.append(time.perf_counter())
     report = _report(window, outcomes, journaled=journaled, seconds=marks[-1] - marks[0])
     report.phases = {name: round(b - a, 3) for name, a, b in zip(PHASES, marks[:-1], marks[1:], strict=True)}

@@ -6,7 +6,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -16,15 +16,19 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
+from connectors.pagopa.config import get_endpoints
 from connectors.pagopa.errors import PagopaError, PagopaNotFoundError
 from connectors.pagopa.receipts import ReceiptsClient
 from models.db import get_engine
+from models.types import utcnow
 from rules.receipts import ReceiptIn
 from store import receipts as store
 from store.payments import expire_attempts
 from store.receipts import RecoveryItem, RecoveryKind
 
 ARTIFACT_ROWS = 200
+BUSY = "BUSY"  # another run holds the item's claim
+CLAIM_MARGIN = timedelta(seconds=60)
 _STATUS_OF_OUTCOME = {
     "ACCEPTED": "RECOVERED",
     "ALREADY": "ALREADY",
@@ -84,7 +88,39 @@ def recover_item(
     item: RecoveryItem,
     now: datetime,
 ) -> RecoveryResult:
-    """Ask pagoPA for one missing receipt and apply or record the answer, in a transaction of its own."""
+    """Ask pagoPA for one missing receipt and apply or record the answer, in a transaction of its own.
+
+    The item is claimed first (``store.receipts.claim_item``): an item another run is asking about is BUSY and
+    left to it; the claim is released with the outcome, in the same transaction.
+    """
+    with session_factory() as session:
+        claimed = store.claim_item(session, item=item, now=now, until=max(now, utcnow()) + claim_lease())
+        session.commit()
+    if claimed is None:
+        return _result(item, BUSY)
+    try:
+        return _recover_claimed(client=client, session_factory=session_factory, item=claimed, now=now)
+    except BaseException:
+        with session_factory() as session:  # the outcome was not recorded: let the next run ask again
+            store.release_item(session, item=claimed)
+            session.commit()
+        raise
+
+
+def claim_lease() -> timedelta:
+    """How long an item's claim lasts: each of its calls timing out on every attempt, plus a margin."""
+    cfg = get_endpoints()
+    per_call = cfg.call_attempts * (cfg.timeout_seconds + cfg.retry_backoff_seconds * 2**cfg.call_attempts)
+    return timedelta(seconds=2 * per_call) + CLAIM_MARGIN
+
+
+def _recover_claimed(
+    *,
+    client: ReceiptsClient,
+    session_factory: Callable[[], AbstractContextManager[Session]],
+    item: RecoveryItem,
+    now: datetime,
+) -> RecoveryResult:
     try:
         receipt, source = _ask(client, item)
     except PagopaNotFoundError as exc:
@@ -104,6 +140,7 @@ def recover_item(
         outcome = store.apply_recovered(
             session, item=item, receipt=receipt, now=now, link_known=source == "BIZ_EVENTS"
         )
+        store.release_item(session, item=item)
         session.commit()
     return _result(
         item,
@@ -121,10 +158,11 @@ def _record_attempts(
     stop: bool,
     error: str,
 ) -> None:
-    if item.kind != RecoveryKind.ATTEMPT:
-        return  # lines: the run is the memo (no recovery columns on reporting_line yet)
     with session_factory() as session:
-        store.record_attempts_failure(session, attempt_ids=item.ids, now=now, stop=stop, error=error)
+        # lines keep no memo of a failed try (the run is the memo): only their claim is released
+        if item.kind == RecoveryKind.ATTEMPT:
+            store.record_attempts_failure(session, attempt_ids=item.ids, now=now, stop=stop, error=error)
+        store.release_item(session, item=item)
         session.commit()
 
 
@@ -188,6 +226,8 @@ def recover_receipts(items: list[RecoveryItem], now: datetime, batch_no: int = 0
                 result.status,
                 f" ({result.receipt_id})" if result.receipt_id else "",
             )
+            if result.status == BUSY:  # another run is asking pagoPA for it: not ours to count
+                continue
             results.append(result)
     return results
 

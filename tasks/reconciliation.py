@@ -10,6 +10,7 @@ from sqlmodel import select
 
 from models.db import session_scope
 from models.registry import Creditor
+from store.claims import serialize
 from store.reconciliation import reconcile_ec
 
 
@@ -28,6 +29,8 @@ def reconcile_creditor(id_dominio: str) -> dict[str, Any]:
     """Recompute cashing and labels of one EC (idempotent: a re-run converges to the same state)."""
     logger = get_run_logger()
     with session_scope() as session:
+        # two runs of one EC at once (two workers) take turns: concurrent recomputations would collide
+        serialize(session, name=f"reconcile:{id_dominio}")
         summary = reconcile_ec(session, id_dominio=id_dominio)
     logger.info("EC %s: %d flows cashed, %d waiting, %d in error, %d singles, %d suggestions", id_dominio,
                 summary.flows_cashed, summary.flows_waiting, summary.flows_in_error, summary.singles_cashed,
