@@ -25,7 +25,10 @@ def parse_pagopa_datetime(value: str) -> datetime:
     parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=ROME)
-    return parsed.astimezone(ZoneInfo("UTC"))
+    try:
+        return parsed.astimezone(ZoneInfo("UTC"))
+    except OverflowError as exc:  # year 1 or 9999 pushed past the calendar: valid xs:dateTime, no payment
+        raise ValueError(f"timestamp {value[:40]!r} out of range") from exc
 
 
 def parse_pagopa_date(value: str | None) -> date | None:

@@ -22,6 +22,7 @@ characters or one that ends on a separator; two different complete flow ids in o
 from __future__ import annotations
 
 import re
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import Literal
 
@@ -74,6 +75,7 @@ _FLOW_MARKER = re.compile(
 _BARE_URI = re.compile(r"/[ ]*URI[ ]*/[ ]*", re.IGNORECASE)
 _DATE = re.compile(r"(\d)[ ]*(\d)[ ]*(\d)[ ]*(\d)[ ]*-[ ]*(\d)[ ]*(\d)[ ]*-[ ]*(\d)[ ]*(\d)[ ]*")
 _PARTIAL_DATE = re.compile(r"\d{1,4}|\d{4}-\d{0,2}|\d{4}-\d{2}-\d?")
+_DATE_CHARS = re.compile(r"[ 0-9\-]*")
 _ID_CHARS = re.compile(r"[A-Za-z0-9_\-]*")
 _CANONICAL_FLOW_ID = re.compile(r"\d{4}-\d{2}-\d{2}[A-Za-z0-9_]+-[A-Za-z0-9_\-]*[A-Za-z0-9]")
 # A bank container tag glued to the id, as in concatenated CBI 63 records ("/ZZ3…", "/RI1…") or ":RI3:".
@@ -83,6 +85,7 @@ _RFS = re.compile(r"(?<![A-Za-z0-9])" + _spaced("RFS") + r"[ /:]+", re.IGNORECAS
 _IUV_CHARS = re.compile(r"[A-Za-z0-9]*")
 _RF_RAW = re.compile(r"R[ ]*F[ ]*\d[ ]*\d(?:[ ]*[A-Za-z0-9])*", re.IGNORECASE)
 _RF_SHAPE = re.compile(r"RF\d{2}[A-Z0-9]{1,21}")
+_RF_MAX_LENGTH = 25  # "RF", two check digits and at most 21 characters
 _MARKER_TAILS = ("PURLGPERIVERSAMENTO", "LGPERIVERSAMENTO")
 
 
@@ -121,8 +124,11 @@ def _read_flow_id(text: _Text, start: int, *, strict: bool) -> tuple[str, str | 
         head = f"{digits[:4]}-{digits[4:6]}-{digits[6:]}"
         token_start = date.end()
     else:
-        rest = s[start : text.end].replace(" ", "")
-        if _PARTIAL_DATE.fullmatch(rest):
+        # Only a text ending in date characters can end in a partial date; matching them first keeps the
+        # work per marker to the characters after it that could belong to a date (linear over all markers).
+        tail = _DATE_CHARS.match(s, start)
+        assert tail is not None  # the pattern matches the empty string
+        if tail.end() >= text.end and _PARTIAL_DATE.fullmatch(s[start : text.end].replace(" ", "")):
             return ("truncated", None)
         if strict:
             return ("none", None)
@@ -135,14 +141,12 @@ def _read_flow_id(text: _Text, start: int, *, strict: bool) -> tuple[str, str | 
     if len(flow_id) > MAX_FLOW_ID_LENGTH:
         # A wrap (removed line break) may have glued the next word to the id: cut at the last break
         # that leaves an id of legal length, the only place a separator can have been.
-        fitting = [
-            b
-            for b in text.breaks
-            if token_start < b < end and len(head) + b - token_start <= MAX_FLOW_ID_LENGTH
-        ]
-        if not fitting:
+        # text.breaks is sorted: the last break inside the token that leaves an id of legal length
+        limit = min(end - 1, token_start + MAX_FLOW_ID_LENGTH - len(head))
+        index = bisect_right(text.breaks, limit) - 1
+        if index < 0 or text.breaks[index] <= token_start:
             return ("truncated", None)
-        end = fitting[-1]
+        end = text.breaks[index]
         flow_id = head + s[token_start:end]
     canonical = _CANONICAL_FLOW_ID.fullmatch(flow_id) is not None
     if strict and not canonical:
@@ -212,8 +216,15 @@ def _iuv_refs(text: _Text) -> RemittanceRef | None:
             return RemittanceRef(kind="truncated") if at_end else _NONE
         chunks = raw.group().split(" ")
         # Groups of four may be followed by the amount when spaces replaced the slashes: the check
-        # digits tell where the reference ends.
-        for count in range(len(chunks), 0, -1):
+        # digits tell where the reference ends. A reference has at most 25 characters, so only the
+        # chunks that fit in 25 characters are tried (a long run of short chunks must not cost n²).
+        lengths = [0]
+        for chunk in chunks:
+            if lengths[-1] > _RF_MAX_LENGTH:
+                break
+            lengths.append(lengths[-1] + len(chunk))
+        fits = bisect_left(lengths, _RF_MAX_LENGTH + 1) - 1
+        for count in range(fits, 0, -1):
             candidate = "".join(chunks[:count]).upper()
             if _rf_is_valid(candidate):
                 if count == len(chunks) and text.cut_at(raw.end()):

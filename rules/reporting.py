@@ -64,6 +64,7 @@ _ROME = ZoneInfo("Europe/Rome")
 _CENT = Decimal("0.01")
 _DIGITS = re.compile(r"[0-9]+")
 _MAX_TEXT = 35
+_MAX_DIGITS = 15  # integer digits of a count or amount: far above any real flow, within Decimal's precision
 
 
 # --- values ---------------------------------------------------------------------------------------
@@ -166,14 +167,22 @@ def _id(value: str | None, *, name: str, line: int | None) -> str:
     return value
 
 
+def _shown(value: str | None) -> str:
+    """A value quoted for an error message, cut short: a hostile document may put megabytes in a field."""
+    return repr(value if value is None or len(value) <= 40 else value[:40] + "…")
+
+
 def _amount(value: str | None, *, name: str, line: int | None) -> Decimal:
     try:
         amount = Decimal(value or "")
     except InvalidOperation:
         amount = Decimal("NaN")
-    if not amount.is_finite() or amount != amount.quantize(_CENT):
+    # beyond 10^15 quantize itself fails (and no flow carries such sums): refused like any other non-amount
+    if not amount.is_finite() or amount.adjusted() >= _MAX_DIGITS or amount != amount.quantize(_CENT):
         raise FlowFormatError(
-            f"{name} {value!r} is not an amount with two decimals", kind=FlowFormatError.INVALID, line=line
+            f"{name} {_shown(value)} is not an amount with two decimals",
+            kind=FlowFormatError.INVALID,
+            line=line,
         )
     return amount.quantize(_CENT)
 
@@ -183,7 +192,7 @@ def _date(value: str | None, *, name: str, line: int | None) -> date:
         return date.fromisoformat((value or "")[:10])
     except ValueError:
         raise FlowFormatError(
-            f"{name} {value!r} is not a date", kind=FlowFormatError.INVALID, line=line
+            f"{name} {_shown(value)} is not a date", kind=FlowFormatError.INVALID, line=line
         ) from None
 
 
@@ -193,18 +202,20 @@ def local_datetime(value: str | None) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=_ROME)
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 moved across midnight
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=_ROME)
-    return parsed.astimezone(UTC)
 
 
 def _int(value: str | None, *, name: str, line: int | None, default: int | None = None) -> int:
     if value is None and default is not None:
         return default
-    if value is None or not _DIGITS.fullmatch(value):
-        raise FlowFormatError(f"{name} {value!r} is not a number", kind=FlowFormatError.INVALID, line=line)
+    if value is None or not _DIGITS.fullmatch(value) or len(value.lstrip("0")) > _MAX_DIGITS:
+        raise FlowFormatError(
+            f"{name} {_shown(value)} is not a number", kind=FlowFormatError.INVALID, line=line
+        )
     return int(value)
 
 

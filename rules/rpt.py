@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from zoneinfo import ZoneInfo
 
 from lxml import etree
@@ -329,6 +329,13 @@ def parse_rt(xml: bytes) -> RtData:
         raise RptError(f"the RT is not readable XML: {exc}") from exc
     if root.tag != f"{{{PAY_NS}}}RT":
         raise RptError(f"expected an RT, got {root.tag}")
+    try:
+        return _rt_data(root)
+    except (InvalidOperation, ValueError) as exc:  # defence in depth: callers check the schema first
+        raise RptError(f"the RT is not readable: {str(exc)[:200]}") from exc
+
+
+def _rt_data(root: etree._Element) -> RtData:
     dati = _child(root, "datiPagamento")
     payments = []
     for single in (

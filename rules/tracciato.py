@@ -14,8 +14,9 @@ ibanAccredito1, ibanAppoggio1, tipoEntrata1, tipoBollo1, tipoContabilita1, codic
 provinciaBollo1``; ``idDominioVoceN`` (beneficiary EC of a multi-beneficiary voce) is our addition to
 GovPay's list. A voce whose columns are all empty is absent. Rows are numbered 1, 2, … after the header; a
 row with more fields than the header is rejected, a shorter one is padded with empty fields. Amounts take
-``.`` or ``,`` as decimal separator (``1234.5``, ``1234,50``, ``1.234,50``, ``1,234.50``), at most two
-decimals; dates are ``YYYY-MM-DD`` or ``DD/MM/YYYY``; ``datiAllegati`` is JSON text.
+``.`` or ``,`` as decimal separator (``1234.5``, ``1234,50``, ``1.234,50``, ``1,234.50``), ASCII digits, at
+most two written decimals (``1.000`` is refused: a thousand to an Italian, one to a machine) and 15 integer
+digits; dates are ``YYYY-MM-DD`` or ``DD/MM/YYYY``; ``datiAllegati`` is JSON text.
 
 **JSON.** ``{"inserimenti": [PendenzaPut + idA2A + idPendenza, …], "annullamenti": [{idA2A, idPendenza,
 motivoAnnullamento}, …]}``; both lists are optional, other keys are ignored. Elements are numbered 1, 2, … in
@@ -96,10 +97,13 @@ SYNTAX = "SINTASSI"
 DUPLICATE = "VER_015"
 
 _ID = re.compile(r"^[A-Za-z0-9\-_]{1,35}$")
-_PLAIN = re.compile(r"^\d+(?:[.,]\d+)?$")
-_IT_GROUPED = re.compile(r"^\d{1,3}(?:\.\d{3})+(?:,\d+)?$")
-_EN_GROUPED = re.compile(r"^\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
-_DMY = re.compile(r"^(\d{1,2})/(\d{1,2})/(\d{4})$")
+# ASCII digits only: Decimal would read other scripts' digits too ("١٢" is 12)
+_PLAIN = re.compile(r"^\d+(?:[.,]\d+)?$", re.ASCII)
+_IT_GROUPED = re.compile(r"^\d{1,3}(?:\.\d{3})+(?:,\d+)?$", re.ASCII)
+_EN_GROUPED = re.compile(r"^\d{1,3}(?:,\d{3})+(?:\.\d+)?$", re.ASCII)
+_DECIMALS = re.compile(r"[.,](\d+)$", re.ASCII)
+_MAX_INTEGER_DIGITS = 15  # far above any real amount (the API allows 11 digits), far below Decimal's 28
+_DMY = re.compile(r"^(\d{1,2})/(\d{1,2})/(\d{4})$", re.ASCII)
 _CENT = Decimal("0.01")
 _MAX_REASON = 255
 
@@ -163,25 +167,33 @@ def describe(code: str, message: str, field: str | None = None) -> str:
 # --- amounts and dates ---------------------------------------------------------------------------------
 
 
+def _quoted(text: str) -> str:
+    """A value quoted for a rejection, cut short: a hostile file may put a whole megabyte in one field."""
+    return repr(text if len(text) <= 40 else text[:40] + "…")
+
+
 def parse_amount(text: str) -> Decimal:
     """A non-negative euro amount with ``.`` or ``,`` decimals (thousands groups allowed), two places."""
     value = text.strip().replace(" ", "")
     if "," in value and "." in value:
         italian = value.rfind(",") > value.rfind(".")
         if not (_IT_GROUPED if italian else _EN_GROUPED).match(value):
-            raise ValueError(f"importo non valido: {text!r}")
+            raise ValueError(f"importo non valido: {_quoted(text)}")
         value = value.replace(".", "").replace(",", ".") if italian else value.replace(",", "")
     elif _PLAIN.match(value):
         value = value.replace(",", ".")
     else:
-        raise ValueError(f"importo non valido: {text!r}")
+        raise ValueError(f"importo non valido: {_quoted(text)}")
+    decimals = _DECIMALS.search(value)
+    # "1.000" is 1000 to an Italian and 1.00 to a machine: more than two written decimals are refused
+    if decimals and len(decimals.group(1)) > 2:
+        raise ValueError(f"importo con piu' di due decimali: {_quoted(text)}")
+    if len(value.partition(".")[0].lstrip("0")) > _MAX_INTEGER_DIGITS:
+        raise ValueError(f"importo troppo grande: {_quoted(text)}")
     try:
-        amount = Decimal(value)
-    except InvalidOperation as exc:  # pragma: no cover - the patterns admit only digits
-        raise ValueError(f"importo non valido: {text!r}") from exc
-    if amount != amount.quantize(_CENT):
-        raise ValueError(f"importo con piu' di due decimali: {text!r}")
-    return amount.quantize(_CENT)
+        return Decimal(value).quantize(_CENT)
+    except InvalidOperation as exc:  # pragma: no cover - the patterns and the bound admit only small numbers
+        raise ValueError(f"importo non valido: {_quoted(text)}") from exc
 
 
 def _date(text: str) -> str:
@@ -368,7 +380,7 @@ def csv_row_input(values: dict[str, str], defaults: RowDefaults) -> RowInput:
     if "datiAllegati" in document:
         try:
             document["datiAllegati"] = json.loads(document["datiAllegati"])
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the decoder goes
             return RowError(SYNTAX, "JSON non valido", "datiAllegati", **where)
     voci: list[dict[str, Any]] = []
     numbers: list[int] = []
@@ -490,6 +502,10 @@ class _JsonReader:
                     raise _JsonSyntax(f"{exc.msg} (carattere {exc.pos - self._pos})") from exc
                 size *= 2  # a long element: grow the reads so retries stay linear
                 continue
+            except RecursionError as exc:  # more data cannot help: the nesting is already too deep
+                raise _JsonSyntax("annidamento troppo profondo") from exc
+            except ValueError as exc:  # an integer of more than 4300 digits, refused by int()
+                raise _JsonSyntax(f"numero non leggibile: {str(exc)[:80]}") from exc
             if end == len(self._buf) and not self._eof and self._fill(size):
                 continue  # a number may go on in the next chunk
             self._pos = end
@@ -556,10 +572,12 @@ def _json_amount(value: Any) -> Decimal:
         return parse_amount(value)
     if isinstance(value, int | Decimal) and not isinstance(value, bool):
         amount = Decimal(value)
+        if not amount.is_finite() or amount.adjusted() >= _MAX_INTEGER_DIGITS:
+            raise ValueError(f"importo non valido: {str(value)[:40]}")
         if amount != amount.quantize(_CENT):
             raise ValueError(f"importo con piu' di due decimali: {value}")
         return amount.quantize(_CENT)
-    raise ValueError(f"importo non valido: {value!r}")
+    raise ValueError(f"importo non valido: {str(value)[:40]!r}")
 
 
 def json_row_input(section: str, element: Any, defaults: RowDefaults) -> RowInput:

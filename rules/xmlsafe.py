@@ -43,6 +43,11 @@ def _check_prolog(head: bytes) -> None:
         raise UnsafeXMLError("XML with a DOCTYPE or ENTITY declaration is refused")
 
 
+def _check_doctype(element: etree._Element) -> None:
+    if element.getroottree().docinfo.doctype:
+        raise UnsafeXMLError("XML with a DOCTYPE declaration is refused")
+
+
 def parse_xml(data: bytes | str) -> etree._Element:
     """Parse a whole document safely and return its root element."""
     if isinstance(data, str):
@@ -54,8 +59,7 @@ def parse_xml(data: bytes | str) -> etree._Element:
         root = etree.fromstring(data, parser=_parser())
     except etree.XMLSyntaxError as exc:
         raise MalformedXMLError(f"malformed XML: {exc.msg}", line=exc.lineno) from exc
-    if root.getroottree().docinfo.doctype:
-        raise UnsafeXMLError("XML with a DOCTYPE declaration is refused")
+    _check_doctype(root)
     return root
 
 
@@ -88,20 +92,30 @@ def iterparse_xml(
     head = stream.read(_PEEK)
     _check_prolog(head)
     source = io.BufferedReader(_PeekedStream(head, stream))
+    parser = etree.iterparse(
+        source,
+        events=events,
+        tag=tag,
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        huge_tree=False,
+        remove_comments=True,
+        remove_pis=True,
+    )
+    checked = False
     try:
-        yield from etree.iterparse(
-            source,
-            events=events,
-            tag=tag,
-            resolve_entities=False,
-            no_network=True,
-            load_dtd=False,
-            huge_tree=False,
-            remove_comments=True,
-            remove_pis=True,
-        )
+        for event, element in parser:
+            if not checked:
+                # A DOCTYPE the byte peek cannot see (after 64 KiB of comments, or in UTF-16) is refused here:
+                # it was parsed but never used (no DTD loaded, no entity expanded).
+                _check_doctype(element)
+                checked = True
+            yield event, element
     except etree.XMLSyntaxError as exc:
         raise MalformedXMLError(f"malformed XML: {exc.msg}", line=exc.lineno) from exc
+    if not checked and parser.root is not None:
+        _check_doctype(parser.root)
 
 
 def local_name(element: etree._Element) -> str:

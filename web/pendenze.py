@@ -233,7 +233,7 @@ def get_pendenza(idA2A: str, idPendenza: str, session: SessionDep, who: Principa
 @router.get("/pendenze")
 def list_pendenze(
     session: SessionDep, who: PrincipalDep,
-    pagina: Annotated[int, Query(ge=1)] = 1,
+    pagina: Annotated[int, Query(ge=1, le=1_000_000)] = 1,  # bounded: a huge page overflowed the OFFSET
     risultatiPerPagina: Annotated[int, Query(ge=1, le=500)] = 25,
     idDominio: Annotated[str | None, Query(pattern=r"^[0-9]{11}$")] = None,
     idA2A: str | None = None, idDebitore: str | None = None,

@@ -211,7 +211,7 @@ def list_flussi(
     iuv: Annotated[str | None, Query(max_length=35)] = None,
     idFlusso: Annotated[str | None, Query(max_length=35)] = None,  # noqa: N803
     escludiObsoleti: bool = False,  # noqa: N803
-    pagina: Annotated[int, Query(ge=1)] = 1,
+    pagina: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
     risultatiPerPagina: Annotated[int, Query(ge=1, le=500)] = 25,  # noqa: N803
 ) -> dict[str, Any]:
     """The reporting flows the caller may see, filtered and paged, in GovPay's list envelope."""

@@ -47,7 +47,7 @@ from web.ragioneria import EC_PATTERN, IdDominioPath, RagioneriaRoute, check_per
 
 router = APIRouter(route_class=RagioneriaRoute)
 
-Pagina = Annotated[int, Query(ge=1)]
+Pagina = Annotated[int, Query(ge=1, le=1_000_000)]
 PerPagina = Annotated[int, Query(ge=1, le=500)]
 StatoRiconciliazione = Literal["IN_ELABORAZIONE", "ACQUISITO", "ERRORE"]
 StatoRiscossione = Literal["RISCOSSA", "INCASSATA"]
@@ -59,7 +59,7 @@ async def _json_body(request: Request) -> Any:
     raw = await request.body()
     try:
         return json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise syntax_error(f"il corpo della richiesta non e' JSON valido: {exc}") from exc
 
 

@@ -256,7 +256,10 @@ class _Call:
         return out
 
     def send_rt(self, creditor: Creditor, raw: bytes) -> etree._Element:
-        receipt = receipt_from_xml(self.payload, id_pa=self.id_pa, raw=raw)
+        try:
+            receipt = receipt_from_xml(self.payload, id_pa=self.id_pa, raw=raw)
+        except ValueError as exc:  # schema-valid yet unusable: blank ids, a time beyond the calendar
+            raise StationFault("PAA_SEMANTICA", id_dominio=self.id_pa, description=str(exc)[:500]) from exc
         self.keys |= {"receipt_id": receipt.receipt_id, "iuv": receipt.iuv}
         problems = receipt.problems()
         if problems:

@@ -181,7 +181,7 @@ class FdrClient(SyncConnector):
                 page=body["metadata"]["pageNumber"],
                 total_pages=body["metadata"]["totPage"],
             )
-        except (KeyError, TypeError, ValidationError) as exc:
+        except (KeyError, TypeError, ArithmeticError, ValidationError) as exc:  # Arithmetic: pay of 1e30
             raise PagopaSchemaError(
                 f"unexpected payments page: {exc}", operation="getPaymentsFromPublishedFlow"
             ) from exc

@@ -12,7 +12,9 @@ from connectors.treasury.movement import TreasuryFormatError
 from rules.xmlsafe import MalformedXMLError, UnsafeXMLError
 
 ISO_DATE = "%Y-%m-%d"
-_AMOUNT = re.compile(r"[+-]?\d+(?:\.\d{1,2})?")
+# At most 12 significant integer digits (the NUMERIC(14,2) column; a larger number is no movement and would
+# overflow Decimal and the database), zero padding allowed; ASCII digits only.
+_AMOUNT = re.compile(r"[+-]?0*[0-9]{1,12}(?:\.[0-9]{1,2})?")
 
 
 def parse_amount(
@@ -23,8 +25,9 @@ def parse_amount(
     if decimal_comma:
         raw = raw.replace(".", "").replace(",", ".")
     if not _AMOUNT.fullmatch(raw):
+        shown = text if text is None or len(text) <= 40 else text[:40] + "…"
         raise TreasuryFormatError(
-            f"amount {text!r} is not a number with at most two decimals",
+            f"amount {shown!r} is not a number of at most 12 digits and two decimals",
             source_name=source_name,
             record=record,
             field=field,
