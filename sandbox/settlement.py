@@ -1,9 +1,10 @@
 """Settlement: the PSPs report the day's payments (one FR per PSP per EC) and credit the ECs' treasury.
 
-``POST /sandbox/settle {date, seed?, reissue?, noise?, formats?, regulationDate?, publishedAt?}`` takes the
-unsettled transfers of ``state.transfers`` paid on ``date``, builds one flow per (PSP, EC) with the outcome
-codes as they happened, publishes it (FdR REST and the legacy SOAP list), marks the transfers settled and
-writes each EC's account journal into its ``treasury_dir``. Conventions:
+``POST /sandbox/settle {date, seed?, reissue?, noise?, formats?, regulationDate?, publishedAt?,
+withoutReceipt?}`` takes the unsettled transfers of ``state.transfers`` paid on ``date`` (plus the payments
+``withoutReceipt`` names: reported with outcome 8 or 9, no receipt ever issued), builds one flow per (PSP, EC)
+with the outcome codes as they happened, publishes it (FdR REST and the legacy SOAP list), marks the transfers
+settled and writes each EC's account journal into its ``treasury_dir``. Conventions:
 
 - flow id ``<date><psp_id>-S<6 digits from (seed, date, psp)><3-digit progressive>`` (cut to 35 characters);
 - the PSP credits the EC the next day: ``dataRegolamento``, the journal day and the value dates are
@@ -19,7 +20,10 @@ non-pagoPA credits), ``reversal`` (a debit reversing an earlier credit), ``split
 credits), ``integrative`` (a flow paid short, completed by a ``TXT/1`` transfer), ``remittance`` (``wrapped``,
 ``upper``, ``truncated``: one flow's causale mangled that way), ``early`` (a flow's money is in today's
 journal, the flow is published at the next settle), ``txt`` (flow credits take the ``TXT/0/URI`` form at
-random).
+random), ``mismatch`` (a flow credited with another amount than its total: ``true`` for a seeded
+difference, or the signed difference), ``unknown`` (count of credits naming a flow id no PSP reported).
+``reversal`` is ``true`` (a random earlier credit of each EC) or a flow id (every credit that paid that flow,
+earlier or today).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import hashlib
 import logging
 import os
 import random
+import re
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -41,6 +46,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from sandbox import gpd
 from sandbox.builders.reporting import FlowPayment, FlowSpec, FlowSpecError, build_flow_xml, flow_totals
 from sandbox.builders.treasury import (
     Credit,
@@ -49,7 +55,7 @@ from sandbox.builders.treasury import (
     build_journal,
     journal_filename,
 )
-from sandbox import gpd
+from sandbox.psp import DEFAULT_PSP
 from sandbox.state import PaidTransfer, SandboxState, get_state
 
 logger = logging.getLogger(__name__)
@@ -57,6 +63,7 @@ logger = logging.getLogger(__name__)
 router = APIRouter()
 
 CENT = Decimal("0.01")
+ID_FLUSSO = re.compile(r"[a-zA-Z0-9\-_]{1,35}")
 URI_PREFIX = "/PUR/LGPE-RIVERSAMENTO/URI/"
 MAX_ID_FLUSSO = 35
 WRAP_AT = {JournalFormat.OPI_1_8: 65, JournalFormat.CAMT053: 140, JournalFormat.CBI_RH: 104}
@@ -155,6 +162,10 @@ class ReportingState:
     journal_sequences: dict[tuple[str, date, str], int] = field(default_factory=dict)
     balances: dict[tuple[str, str], Decimal] = field(default_factory=dict)
     credit_history: dict[str, list[Credit]] = field(default_factory=dict)
+    # (EC, flow id) -> the credits that paid that flow (one copy per EC whatever the formats), for reversals
+    flow_credits: dict[tuple[str, str], list[Credit]] = field(default_factory=dict)
+    # (EC, esercizio) -> the last OPI numero_documento: the treasury numbers its sospesi through the year
+    document_numbers: dict[tuple[str, int], int] = field(default_factory=dict)
     journals: list[JournalFile] = field(default_factory=list)
 
     def latest_flows(self, *, ecs: set[str] | None = None, psp_id: str | None = None) -> list[PublishedFlow]:
@@ -198,17 +209,40 @@ class NoiseOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     unrelated: int = Field(default=0, ge=0, le=100)
-    reversal: bool = False
+    reversal: bool | str = False
     split: bool = False
     integrative: bool = False
     remittance: list[RemittanceNoise] = Field(default_factory=list)
     early: bool = False
     txt: bool = False
+    mismatch: bool | Decimal = False
+    unknown: int = Field(default=0, ge=0, le=100)
 
-    @field_validator("unrelated", mode="before")
+    @field_validator("unrelated", "unknown", mode="before")
     @classmethod
     def _bool_count(cls, value: Any) -> Any:
         return int(value) if isinstance(value, bool) else value
+
+    @field_validator("reversal", mode="before")
+    @classmethod
+    def _flow_or_bool(cls, value: Any) -> Any:
+        if isinstance(value, str) and not ID_FLUSSO.fullmatch(value):
+            raise ValueError("true, false or a flow id")
+        return value
+
+    @field_validator("mismatch", mode="before")
+    @classmethod
+    def _difference(cls, value: Any) -> Any:
+        if value is None or isinstance(value, bool):
+            return bool(value)
+        try:
+            difference = Decimal(str(value))
+            cents = difference.quantize(CENT) if difference.is_finite() else None
+        except ArithmeticError as exc:
+            raise ValueError("true, false or a signed amount such as \"-1.50\"") from exc
+        if cents is None or cents != difference or cents == 0:
+            raise ValueError("a non-zero amount with at most two decimals")
+        return cents
 
     @field_validator("remittance", mode="before")
     @classmethod
@@ -229,6 +263,20 @@ class Reissue(BaseModel):
     drop_iuvs: list[str] = Field(default_factory=list, alias="dropIuvs")
 
 
+class PaymentWithoutReceipt(BaseModel):
+    """A payment a PSP reports with no receipt behind it: outcome 9 (NO_RPT) or 8 (STAND_IN_NO_RPT)."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    fiscal_code: str = Field(alias="fiscalCode", pattern=r"^[0-9]{11}$")
+    iuv: str = Field(min_length=1, max_length=35)
+    amount: Decimal = Field(gt=0, max_digits=12, decimal_places=2)
+    outcome: Literal[8, 9] = 9
+    psp: str | None = Field(default=None, min_length=1, max_length=35)
+    transfer_index: int = Field(default=1, ge=1, le=5, alias="transferIndex")
+    iur: str | None = Field(default=None, min_length=1, max_length=35)
+
+
 class SettleRequest(BaseModel):
     """What to settle and how."""
 
@@ -241,6 +289,7 @@ class SettleRequest(BaseModel):
     formats: str | list[str] | dict[str, str | list[str]] | None = None
     regulation_date: date | None = Field(default=None, alias="regulationDate")
     published_at: datetime | None = Field(default=None, alias="publishedAt")
+    without_receipt: list[PaymentWithoutReceipt] = Field(default_factory=list, alias="withoutReceipt")
 
 
 class SettlementError(ValueError):
@@ -263,8 +312,11 @@ def _seeded(seed: int, *parts: object) -> random.Random:
 def make_id_flusso(*, day: date, psp_id: str, seed: int, progressive: int) -> str:
     """The flow id of the ``progressive``-th flow of a PSP on a day."""
     tag = _seeded(seed, day, psp_id, "iuf").randrange(10**6)
+    return _id_flusso(day, psp_id, f"S{tag:06d}{progressive:03d}")
+
+
+def _id_flusso(day: date, psp_id: str, suffix: str) -> str:
     prefix = f"{day.isoformat()}{psp_id}-"
-    suffix = f"S{tag:06d}{progressive:03d}"
     room = MAX_ID_FLUSSO - len(prefix)
     if room < 1:
         raise SettlementError(f"PSP id {psp_id!r} too long for a flow id")
@@ -437,6 +489,8 @@ def _plan_credits(
     kinds = [k for k, on in (("split", noise.split), ("integrative", noise.integrative)) if on]
     # "upper" chooses first so it can take a flow whose id has lower-case letters.
     kinds += [f"remittance:{how}" for how in sorted(set(noise.remittance), key=lambda h: h != "upper")]
+    # "mismatch" chooses last, so switching it on leaves the other choices as they were.
+    kinds += ["mismatch"] if noise.mismatch is not False else []
     for kind in kinds:
         rng = _seeded(seed, day, ec, kind)
         candidates = [
@@ -481,6 +535,16 @@ def _plan_credits(
                 )
             )
             continue
+        if chosen.get("mismatch") is flow:
+            rng = _seeded(seed, day, ec, "mismatch-amount")
+            amount = flow.total + _difference(noise.mismatch, flow.total, rng)
+            if amount <= 0:
+                raise SettlementError(
+                    f"mismatch {noise.mismatch} would credit {amount} for flow {flow.id_flusso} "
+                    f"(total {flow.total})"
+                )
+            planned.append(_PlannedCredit(amount, canonical, party, "mismatch", flow.id_flusso))
+            continue
         kind = "flow"
         for how in noise.remittance:
             if chosen.get(f"remittance:{how}") is flow:
@@ -495,7 +559,24 @@ def _plan_credits(
             text, party = rng.choice(UNRELATED_TEXTS)
             amount = Decimal(rng.randrange(1000, 500000)) / 100
             planned.append(_PlannedCredit(amount.quantize(CENT), text, party, "unrelated"))
-    if noise.reversal:
+    if noise.unknown:
+        rng = _seeded(seed, day, ec, "unknown")
+        psp = state.psps[0] if state.psps else DEFAULT_PSP
+        party = f"{_psp_details(state, psp.psp_id)[0]} SERVIZIO PAGOPA"[:140].upper()
+        for _ in range(noise.unknown):
+            # "U" where real ids have "S": no PSP ever reports this flow
+            id_flusso = _id_flusso(day - timedelta(days=1), psp.psp_id, f"U{rng.randrange(10**9):09d}")
+            amount = (Decimal(rng.randrange(1000, 50000)) / 100).quantize(CENT)
+            planned.append(_PlannedCredit(amount, _canonical(id_flusso), party, "unknown", id_flusso))
+    if isinstance(noise.reversal, str):
+        # every credit that paid the named flow, in an earlier journal of this EC or in this one
+        target = noise.reversal
+        paid = [(c.remittance, c.amount, c.ordering_party) for c in rep.flow_credits.get((ec, target), [])]
+        paid += [(p.remittance, p.amount, p.ordering_party) for p in planned
+                 if p.id_flusso == target and not p.reversal]
+        for text, amount, party in paid:
+            planned.append(_PlannedCredit(amount, f"STORNO {text}"[:208], party, "reversal", target, True))
+    elif noise.reversal:
         rng = _seeded(seed, day, ec, "reversal")
         earlier = [c for c in rep.credit_history.get(ec, []) if not c.reversal]
         if earlier:
@@ -509,6 +590,15 @@ def _plan_credits(
             text, amount, party = pick.remittance, pick.amount, pick.ordering_party
         planned.append(_PlannedCredit(amount, f"STORNO {text}"[:208], party, "reversal", reversal=True))
     return planned
+
+
+def _difference(mismatch: bool | Decimal, total: Decimal, rng: random.Random) -> Decimal:
+    """How much a mismatched credit differs from its flow's total: the requested amount, or a seeded one."""
+    if isinstance(mismatch, Decimal):
+        return mismatch
+    cents = rng.randrange(1, 1001)
+    sign = rng.choice((-1, 1)) if cents < total / CENT else 1
+    return (sign * cents * CENT).quantize(CENT)
 
 
 def _resolve_formats(request_formats: Any, *, ec: str, default: str) -> list[JournalFormat]:
@@ -600,6 +690,7 @@ def _plan_journals(
             if not planned:
                 continue
             ref_rng = _seeded(seed, regulation, ec, "refs")
+            numbered = rep.document_numbers.get((ec, regulation.year), 0)
             credits = [
                 Credit(
                     amount=p.amount,
@@ -611,6 +702,7 @@ def _plan_journals(
                     bank_reference=_trn(ref_rng, regulation, n),
                     bank_movement_id=f"{regulation:%y%m%d}{n:06d}",
                     reversal=p.reversal,
+                    document_number=numbered + n,
                 )
                 for n, p in enumerate(planned, start=1)
             ]
@@ -641,7 +733,7 @@ def _commit_journals(rep: ReportingState, plans: list[_JournalPlan], *, regulati
     """Write the journals (each atomically), then remember sequences, balances and credits."""
     for plan in plans:
         write_atomically(plan.path, plan.data)
-    history: dict[str, list[Credit]] = {}
+    history: dict[str, _JournalPlan] = {}
     for plan in plans:
         rep.journal_sequences[(plan.ec, regulation, plan.fmt.value)] = plan.sequence
         rep.balances[(plan.ec, plan.fmt.value)] = plan.closing
@@ -656,9 +748,13 @@ def _commit_journals(rep: ReportingState, plans: list[_JournalPlan], *, regulati
                 sha256=hashlib.sha256(plan.data).hexdigest(),
             )
         )
-        history[plan.ec] = plan.credits  # the same movements in every format of one EC: keep one copy
-    for ec, credits in history.items():
-        rep.credit_history.setdefault(ec, []).extend(credits)
+        history[plan.ec] = plan  # the same movements in every format of one EC: keep one copy
+    for ec, plan in history.items():
+        rep.credit_history.setdefault(ec, []).extend(plan.credits)
+        rep.document_numbers[(ec, regulation.year)] = max(c.document_number or 0 for c in plan.credits)
+        for credit, planned in zip(plan.credits, plan.planned, strict=True):
+            if planned.id_flusso and not planned.reversal:
+                rep.flow_credits.setdefault((ec, planned.id_flusso), []).append(credit)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -683,9 +779,15 @@ def settle(state: SandboxState, request: SettleRequest) -> dict[str, Any]:
             raise SettlementError("a flow can be re-issued once per settlement")
         planned_reissues = [_plan_reissue(rep, item) for item in reissues]
         progressives = dict(rep.progressives)
-        due = [t for t in state.transfers if not t.settled and t.pay_date == request.day]
+        unreceipted = _without_receipt(state, request, seed=seed)
+        due = [t for t in state.transfers if not t.settled and t.pay_date == request.day] + unreceipted
         built = _build_flows(state, progressives, due, day=request.day, regulation=regulation, seed=seed)
         flows = [f for f, _ in built]
+        target = request.noise.reversal if isinstance(request.noise.reversal, str) else None
+        if target and not any(fid == target for _ec, fid in rep.flow_credits) and not any(
+            f.id_flusso == target for f in flows
+        ):
+            raise SettlementError(f"no credit of flow {target} to reverse", status=404)
         deferred: set[str] = set()
         if request.noise.early:
             by_ec: dict[str, list[PublishedFlow]] = defaultdict(list)
@@ -705,6 +807,8 @@ def settle(state: SandboxState, request: SettleRequest) -> dict[str, Any]:
         # Commit: files first (a rerun after a write error rewrites the same names), then the state.
         _commit_journals(rep, plans, regulation=regulation)
         rep.progressives = progressives
+        state.transfers.extend(unreceipted)
+        state.iurs.update(t.iur for t in unreceipted)
         late, rep.pending = rep.pending, []
         for flow in late:
             flow.published = published_at
@@ -713,8 +817,14 @@ def settle(state: SandboxState, request: SettleRequest) -> dict[str, Any]:
             for t in lines:
                 t.settled = True
                 # the GPD copy of a reported notice moves towards REPORTED, as pagoPA's does
-                gpd.mark_reported(state, fiscal_code=t.ec_fiscal_code, iuv=t.iuv, transfer_index=t.transfer_index,
-                                  flow_id=flow.id_flusso, reported_at=published_at)
+                gpd.mark_reported(
+                    state,
+                    fiscal_code=t.ec_fiscal_code,
+                    iuv=t.iuv,
+                    transfer_index=t.transfer_index,
+                    flow_id=flow.id_flusso,
+                    reported_at=published_at,
+                )
             if flow.id_flusso in deferred:
                 rep.pending.append(flow)
             else:
@@ -739,7 +849,42 @@ def settle(state: SandboxState, request: SettleRequest) -> dict[str, Any]:
         "publishedLate": [f.summary() for f in late],
         "reissued": [f.summary() for _revs, f in planned_reissues],
         "journals": [plan.describe() for plan in plans],
+        "withoutReceipt": [
+            {
+                "fiscalCode": t.ec_fiscal_code,
+                "iuv": t.iuv,
+                "iur": t.iur,
+                "transferIndex": t.transfer_index,
+                "amount": f"{t.amount:.2f}",
+                "outcome": t.outcome,
+                "psp": t.psp_id,
+            }
+            for t in unreceipted
+        ],
     }
+
+
+def _without_receipt(state: SandboxState, request: SettleRequest, *, seed: int) -> list[PaidTransfer]:
+    """The ledger entries of the payments reported without a receipt (not stored until the commit)."""
+    default_psp = (state.psps[0] if state.psps else DEFAULT_PSP).psp_id
+    made = []
+    for p in request.without_receipt:
+        # one IUR per payment: every transfer of it carries the same one
+        iur = p.iur or f"{_seeded(seed, request.day, p.fiscal_code, p.iuv, 'no-rpt').getrandbits(64):016X}"
+        made.append(
+            PaidTransfer(
+                ec_fiscal_code=p.fiscal_code,
+                iuv=p.iuv,
+                iur=iur,
+                transfer_index=p.transfer_index,
+                amount=p.amount.quantize(CENT),
+                outcome=p.outcome,
+                pay_date=request.day,
+                psp_id=p.psp or default_psp,
+                receipt_id=None,
+            )
+        )
+    return made
 
 
 @router.post("/sandbox/settle", tags=["sandbox control"])
@@ -783,6 +928,7 @@ def settlement_view(request: Request) -> JSONResponse:
 __all__ = [
     "JournalFile",
     "NoiseOptions",
+    "PaymentWithoutReceipt",
     "PublishedFlow",
     "ReportingState",
     "SettleRequest",

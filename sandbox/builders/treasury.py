@@ -98,6 +98,8 @@ class Credit:
     bank_reference: str
     bank_movement_id: str
     reversal: bool = False
+    # OPI numero_documento: treasuries number sospesi through the esercizio; None numbers them per journal
+    document_number: int | None = None
 
 
 class _Account(NamedTuple):
@@ -288,6 +290,7 @@ def _iter_opi(
     )
     for n, c in enumerate(credits, start=1):
         booked = c.booking_date.isoformat()
+        number = n if c.document_number is None else c.document_number
         yield (
             "      <movimento_conto_evidenza>\n"
             f"        <identificativo_flusso>GDC{ymd}{n:04d}</identificativo_flusso>\n"
@@ -295,14 +298,14 @@ def _iter_opi(
             "        <tipo_movimento>ENTRATA</tipo_movimento>\n"
             "        <tipo_documento>SOSPESO ENTRATA</tipo_documento>\n"
             f"        <tipo_operazione>{'STORNATO' if c.reversal else 'ESEGUITO'}</tipo_operazione>\n"
-            f"        <numero_documento>{n}</numero_documento>\n"
+            f"        <numero_documento>{number}</numero_documento>\n"
             "        <sospeso_da_regolarizzare>\n"
             f"          <data_effettiva_sospeso>{booked}</data_effettiva_sospeso>\n"
             "          <codice_gestionale_provvisorio>0000099999</codice_gestionale_provvisorio>\n"
             "        </sospeso_da_regolarizzare>\n"
             "        <progressivo_documento>0</progressivo_documento>\n"
             f"        <importo>{_money(c.amount)}</importo>\n"
-            f"        <numero_bolletta_quietanza>{n}</numero_bolletta_quietanza>\n"
+            f"        <numero_bolletta_quietanza>{number}</numero_bolletta_quietanza>\n"
             f"        <data_movimento>{booked}</data_movimento>\n"
             f"        <data_movimento_siope>{booked}</data_movimento_siope>\n"
             f"        <data_valuta_ente>{c.value_date.isoformat()}</data_valuta_ente>\n"
