@@ -1,7 +1,7 @@
 """Reconciliation at scale: ``reconcile_ec`` over 1,000,000 paid receipts, 20,000 flows, 10,000 movements.
 
 Run: .venv/bin/python bench/reconcile.py [--receipts N] [--flows N] [--movements N] [--noise 0.02]
-     [--skip-sqlite] [--prototype] [--explain N] [--keep | --url URL]
+     [--skip-sqlite] [--skip-postgres] [--explain N] [--keep | --url URL]
 
 Per database (SQLite in a temporary file; PostgreSQL too when PAGOFLOW_TEST_POSTGRES_URL is set, in a
 throwaway database created and dropped here) it migrates the schema, applies the example registry and writes
@@ -10,20 +10,25 @@ position, receipt and collection per receipt, every collection reported in a flo
 lines, one credit per flow for the first ``--movements`` flows, ``--noise`` of them damaged in turn (a flow
 id we never received, an amount one cent off, a credit that is not pagoPA money).
 
-Then, each in a fresh process: ``reconcile_ec`` twice (the first run cashes everything, the second finds
-nothing new) and the daily report (data, HTML, CSV, PDF, prospetto). Each prints its seconds, its peak memory
-(VmHWM minus the RSS once imports and the engine are ready), its time in SQL and its slowest statements
-(summed per statement text); ``--explain N`` adds PostgreSQL's EXPLAIN ANALYZE of the second run's N slowest.
-``--prototype`` then resets the data, runs the rewrites of the slow parts of store.reconciliation defined in
-"rewrite prototype" below and checks that they reach the same outcome. Target: <= 30 s on PostgreSQL.
+Then, each in a fresh process, the code of ``store.reconciliation`` as it is: ``reconcile_ec`` twice (the
+first run cashes everything, the second finds nothing new and must change nothing) and the daily report
+(data, HTML, CSV, PDF, prospetto). Each prints its seconds, its phases (``ReconcileSummary.phase_seconds``),
+its peak memory (VmHWM minus the RSS once imports and the engine are ready), its time in SQL and its slowest
+statements (summed per statement text); a table at the end sets the runs beside the target: <= 30 s on
+PostgreSQL. ``--explain N`` prints PostgreSQL's EXPLAIN ANALYZE of the N slowest statements of each run, as
+they ran (``auto_explain`` at NOTICE level, which needs a superuser and slows the instrumented runs down: take
+their seconds from a run without it). ``--keep`` keeps the loaded databases and prints their URLs;
+``--url URL`` migrates such a database, brings it back to its state before the first run and measures again.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import multiprocessing
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -429,9 +434,7 @@ def prepare(url: str, *, n: int, flows: int, moves: int, noise: float) -> None:
     engine.dispose()
 
 
-# ------------------------------------------------------------------------------------- rewrite prototype
-# ``--prototype`` swaps the three slow parts of store.reconciliation for set-based rewrites, runs the same two
-# runs on the same data (reset to its loaded state in between) and checks the outcome is the same.
+# --------------------------------------------------------------------------------------------- state
 
 
 def reset(url: str) -> None:
@@ -464,463 +467,26 @@ def fingerprint(url: str) -> list[Any]:
     queries = (
         "SELECT state, count(*), sum(amount), count(movement_id), sum(movement_id), count(cashed_at) "
         "FROM collection GROUP BY state ORDER BY state",
-        "SELECT state, count(*), count(cashed_at) FROM position GROUP BY state ORDER BY state",
-        "SELECT subject, label, count(*), sum(amount), sum(movement_id), count(iuv), count(id_flusso) "
-        "FROM transfer_label GROUP BY subject, label ORDER BY subject, label",
-        "SELECT state, outcome_code, flow_id IS NULL, count(*), sum(movement_id) FROM reconciliation "
-        "GROUP BY state, outcome_code, flow_id IS NULL ORDER BY state, outcome_code",
-        "SELECT match_state, count(*) FROM treasury_movement GROUP BY match_state ORDER BY match_state",
-        "SELECT count(*) FROM reporting_flow WHERE reconciled",
-        "SELECT count(*), sum(flow_id) FROM match_suggestion",
+        "SELECT state, count(*), count(cashed_at), sum(id) FROM position GROUP BY state ORDER BY state",
+        "SELECT subject, label, count(*), sum(amount), sum(movement_id), count(iuv), count(id_flusso), "
+        "sum(length(subject_key)) FROM transfer_label GROUP BY subject, label ORDER BY subject, label",
+        "SELECT state, outcome_code, flow_id IS NULL, count(*), sum(movement_id), sum(amount), "
+        "sum(length(description)) FROM reconciliation GROUP BY state, outcome_code, flow_id IS NULL "
+        "ORDER BY state, outcome_code",
+        "SELECT match_state, count(*), sum(id) FROM treasury_movement GROUP BY match_state ORDER BY match_state",
+        "SELECT count(*), sum(id) FROM reporting_flow WHERE reconciled",
+        "SELECT count(*), sum(flow_id), sum(movement_id) FROM match_suggestion",
     )
     engine = make_engine(url)
     with engine.connect() as conn:
-        out = [[tuple(row) for row in conn.exec_driver_sql(q)] for q in queries]
+        out = [[tuple(str(v) for v in row) for row in conn.exec_driver_sql(q)] for q in queries]
     engine.dispose()
     return out
 
 
-def install_prototype() -> None:
-    """Replace ``_record``, ``_apply_flows`` and ``_relabel`` of store.reconciliation with the rewrites."""
-    import store.reconciliation as rec
-
-    rec._record = _record_preloaded  # type: ignore[assignment]
-    rec._apply_flows = _apply_flows_joined  # type: ignore[assignment]
-    rec._relabel = _relabel_diff  # type: ignore[assignment]
-
-
-def _record_preloaded(session, *, id_dominio, movement_ids, flow, decision, amount, iuv, now):  # type: ignore[no-untyped-def]
-    """``_record`` without a SELECT (and an autoflush, so an INSERT) per movement: the EC's rows load once."""
-    from sqlmodel import col, select
-
-    from models.reconciliation import Reconciliation, ReconciliationState
-
-    cache = session.info.get("reconciliations")
-    if cache is None:
-        with session.no_autoflush:
-            cache = {
-                r.movement_id: r
-                for r in session.scalars(
-                    select(Reconciliation).where(
-                        Reconciliation.id_dominio == id_dominio, col(Reconciliation.movement_id).is_not(None)
-                    )
-                )
-            }
-        session.info["reconciliations"] = cache
-    state = {
-        "MATCH": ReconciliationState.ACQUISITO,
-        "WAIT": ReconciliationState.IN_ELABORAZIONE,
-        "ERROR": ReconciliationState.ERRORE,
-    }[decision.outcome]
-    for movement_id in movement_ids:
-        row = cache.get(movement_id)
-        if row is None:
-            row = cache[movement_id] = Reconciliation(
-                id_dominio=id_dominio,
-                external_id=f"TES-{movement_id}",
-                movement_id=movement_id,
-                amount=amount,
-                created_at=now,
-            )
-        changed = (row.state, row.outcome_code, row.flow_id) != (
-            state,
-            decision.code,
-            flow.flow_id if flow else None,
-        )
-        row.state, row.outcome_code, row.description = state, decision.code, decision.description[:500]
-        row.flow_id, row.id_flusso, row.iuv = (
-            (flow.flow_id if flow else None),
-            (flow.id_flusso if flow else None),
-            iuv,
-        )
-        if changed or row.id is None:
-            row.processed_at = now
-            session.add(row)
-
-
-def _apply_flows_joined(session, *, id_dominio, matched, now, summary):  # type: ignore[no-untyped-def]
-    """``_apply_flows`` whose cashing UPDATE joins each flow's first movement: no two subplans per row."""
-    from sqlalchemy import func, not_, select, update
-    from sqlmodel import col
-
-    from models.payments import Collection, CollectionState
-    from models.reconciliation import Reconciliation, ReconciliationState
-    from models.reporting import LineState, ReportingFlow, ReportingLine
-    from store.common import insert_ignore
-
-    flow_ids = list(matched)
-    session.execute(
-        update(ReportingFlow)
-        .where(
-            ReportingFlow.id_dominio == id_dominio,
-            col(ReportingFlow.id).in_(flow_ids),
-            not_(ReportingFlow.reconciled),
-        )
-        .values(reconciled=True)
-    )
-    session.execute(
-        update(ReportingFlow)
-        .where(
-            ReportingFlow.id_dominio == id_dominio,
-            col(ReportingFlow.id).not_in(flow_ids),
-            ReportingFlow.reconciled,
-        )
-        .values(reconciled=False)
-    )
-    cashed_lines = (
-        select(ReportingLine.id)
-        .join(ReportingFlow, ReportingFlow.id == ReportingLine.flow_id)
-        .where(ReportingFlow.id_dominio == id_dominio, ReportingFlow.reconciled)
-    )
-    orphan = (
-        select(
-            ReportingLine.iuv,
-            ReportingLine.iur,
-            ReportingLine.transfer_index,
-            ReportingLine.amount,
-            ReportingLine.id,
-            ReportingLine.position_id,
-        )
-        .join(ReportingFlow, ReportingFlow.id == ReportingLine.flow_id)
-        .where(
-            ReportingFlow.id_dominio == id_dominio,
-            ReportingFlow.reconciled,
-            col(ReportingLine.collection_id).is_(None),
-            col(ReportingLine.outcome).in_([8, 9]),
-            ReportingLine.state != LineState.ALTRO_INTERMEDIARIO,
-        )
-    )
-    rows = [
-        {
-            "id_dominio": id_dominio,
-            "iuv": iuv,
-            "iur": iur,
-            "transfer_index": idx,
-            "amount": amount,
-            "flow_line_id": line_id,
-            "position_id": position_id,
-            "without_receipt": True,
-            "state": CollectionState.RISCOSSA,
-            "paid_at": now,
-        }
-        for iuv, iur, idx, amount, line_id, position_id in session.execute(orphan).all()
-    ]
-    for start in range(0, len(rows), 1000):
-        summary.without_receipt += insert_ignore(
-            session,
-            model=Collection,
-            rows=rows[start : start + 1000],
-            keys=("id_dominio", "iuv", "iur", "transfer_index"),
-        )
-    if rows:
-        session.execute(
-            update(ReportingLine)
-            .where(col(ReportingLine.id).in_([r["flow_line_id"] for r in rows]))
-            .values(
-                collection_id=select(Collection.id)
-                .where(Collection.flow_line_id == ReportingLine.id)
-                .scalar_subquery()
-            )
-        )
-    # the rewrite: one hash join (lines of cashed flows x first ACQUISITO movement per flow)
-    first = (
-        select(Reconciliation.flow_id, func.min(Reconciliation.movement_id).label("first_movement"))
-        .where(Reconciliation.id_dominio == id_dominio, Reconciliation.state == ReconciliationState.ACQUISITO)
-        .group_by(Reconciliation.flow_id)
-        .subquery()
-    )
-    lines = (
-        select(ReportingLine.id.label("line_id"), first.c.first_movement)  # type: ignore[attr-defined]
-        .join(ReportingFlow, ReportingFlow.id == ReportingLine.flow_id)
-        .outerjoin(first, first.c.flow_id == ReportingLine.flow_id)
-        .where(ReportingFlow.id_dominio == id_dominio, ReportingFlow.reconciled)
-        .subquery()
-    )
-    cash = (
-        update(Collection)
-        .where(
-            Collection.flow_line_id == lines.c.line_id,
-            Collection.id_dominio == id_dominio,
-            Collection.state == CollectionState.RISCOSSA,
-        )
-        .values(state=CollectionState.INCASSATA, cashed_at=now, movement_id=lines.c.first_movement)
-    )
-    summary.collections_cashed = int(session.execute(cash).rowcount or 0)
-    uncash = (
-        update(Collection)
-        .where(
-            Collection.id_dominio == id_dominio,
-            Collection.state == CollectionState.INCASSATA,
-            col(Collection.flow_line_id).is_not(None),
-            col(Collection.flow_line_id).not_in(cashed_lines),
-        )
-        .values(state=CollectionState.RISCOSSA, cashed_at=None, movement_id=None)
-    )
-    summary.collections_uncashed = int(session.execute(uncash).rowcount or 0)
-
-
-def _relabel_diff(session, *, id_dominio, now, flow_labels):  # type: ignore[no-untyped-def]
-    """``_relabel`` that computes the labels into a temporary table and writes only the difference."""
-    from sqlalchemy import (
-        Column,
-        Index,
-        MetaData,
-        Table,
-        and_,
-        delete,
-        exists,
-        func,
-        or_,
-        select,
-        true,
-        update,
-    )
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    from models.reconciliation import TransferLabel
-
-    real = TransferLabel.__table__  # type: ignore[attr-defined]
-    desired = Table(
-        "desired_label",
-        MetaData(),
-        *[Column(c.name, c.type) for c in real.columns if c.name != "id"],
-        prefixes=["TEMPORARY"],
-    )
-    conn = session.connection()
-    desired.drop(conn, checkfirst=True)
-    desired.create(conn)
-    _labels_into(session, desired, id_dominio=id_dominio, now=now, flow_labels=flow_labels)
-    # an index and fresh statistics, or the planner nests loops over a table it believes empty
-    Index("ix_desired_label", desired.c.subject, desired.c.subject_key, desired.c.label).create(conn)
-    conn.exec_driver_sql("ANALYZE desired_label")
-    key = and_(
-        real.c.id_dominio == id_dominio,
-        real.c.subject == desired.c.subject,
-        real.c.subject_key == desired.c.subject_key,
-        real.c.label == desired.c.label,
-    )
-    payload = ("iuv", "iur", "transfer_index", "id_flusso", "movement_id", "amount")
-    session.execute(delete(real).where(real.c.id_dominio == id_dominio, ~exists().where(key)))
-    session.execute(
-        update(real)
-        .where(key, or_(*[real.c[c].is_distinct_from(desired.c[c]) for c in payload]))
-        .values({**{c: desired.c[c] for c in payload}, "updated_at": desired.c.updated_at})
-    )
-    columns = [c.name for c in desired.columns]
-    # the unique key skips what is there already: no anti-join, whose plan hinges on fresh statistics
-    builder = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    session.execute(
-        builder(real)
-        # WHERE true: SQLite cannot otherwise tell the upsert's ON from a join's
-        .from_select(columns, select(*desired.columns).where(true()))
-        .on_conflict_do_nothing(index_elements=["id_dominio", "subject", "subject_key", "label"])
-    )
-    desired.drop(conn)
-    counts = session.execute(
-        select(real.c.label, func.count()).where(real.c.id_dominio == id_dominio).group_by(real.c.label)
-    ).all()
-    return {label: int(n) for label, n in counts}
-
-
-def _labels_into(session, t, *, id_dominio, now, flow_labels):  # type: ignore[no-untyped-def]
-    """The INSERT..SELECTs of store.reconciliation._relabel, unchanged, aimed at table ``t``."""
-    from sqlalchemy import String as SqlString
-    from sqlalchemy import and_, cast, exists, func, insert, literal, not_, or_, select
-    from sqlmodel import col
-
-    from models.payments import Collection, CollectionState
-    from models.reconciliation import Label
-    from models.reporting import FlowState, LineState, ReportingFlow, ReportingLine
-    from models.treasury import MovementMatch, TreasuryMovement
-
-    columns = [
-        "id_dominio",
-        "subject",
-        "subject_key",
-        "label",
-        "iuv",
-        "iur",
-        "transfer_index",
-        "id_flusso",
-        "movement_id",
-        "amount",
-        "updated_at",
-    ]
-    ec, ts = literal(id_dominio), literal(now, type_=t.c.updated_at.type)
-    live = ReportingFlow.state != FlowState.OBSOLETA
-
-    def collections(label, *conditions):  # type: ignore[no-untyped-def]
-        session.execute(
-            insert(t).from_select(
-                columns,
-                select(
-                    ec,
-                    literal("collection"),
-                    cast(Collection.id, SqlString),
-                    literal(label),
-                    Collection.iuv,
-                    Collection.iur,
-                    Collection.transfer_index,
-                    literal(None, SqlString),
-                    Collection.movement_id,
-                    Collection.amount,
-                    ts,
-                ).where(Collection.id_dominio == id_dominio, *conditions),
-            )
-        )
-
-    collections(
-        Label.RT_NO_IUF,
-        col(Collection.receipt_pk).is_not(None),
-        col(Collection.flow_line_id).is_(None),
-        Collection.state == CollectionState.RISCOSSA,
-    )
-    collections(
-        Label.RT_IUF, col(Collection.receipt_pk).is_not(None), col(Collection.flow_line_id).is_not(None)
-    )
-    collections(
-        Label.RT_IUF_TES,
-        col(Collection.flow_line_id).is_not(None),
-        Collection.state == CollectionState.INCASSATA,
-    )
-    collections(
-        Label.RT_TES, col(Collection.flow_line_id).is_(None), Collection.state == CollectionState.INCASSATA
-    )
-
-    def lines(label, *conditions):  # type: ignore[no-untyped-def]
-        session.execute(
-            insert(t).from_select(
-                columns,
-                select(
-                    ec,
-                    literal("line"),
-                    cast(ReportingLine.id, SqlString),
-                    literal(label),
-                    ReportingLine.iuv,
-                    ReportingLine.iur,
-                    ReportingLine.transfer_index,
-                    ReportingFlow.id_flusso,
-                    literal(None),
-                    ReportingLine.amount,
-                    ts,
-                )
-                .join(ReportingFlow, ReportingFlow.id == ReportingLine.flow_id)
-                .where(ReportingFlow.id_dominio == id_dominio, live, *conditions),
-            )
-        )
-
-    lines(
-        Label.IUV_NO_RT,
-        col(ReportingLine.collection_id).is_(None),
-        ReportingLine.state != LineState.ALTRO_INTERMEDIARIO,
-    )
-    twice = (
-        select(ReportingLine.iuv, ReportingLine.transfer_index)
-        .join(ReportingFlow, ReportingFlow.id == ReportingLine.flow_id)
-        .where(ReportingFlow.id_dominio == id_dominio, live, ReportingLine.outcome != 3)
-        .group_by(ReportingLine.iuv, ReportingLine.transfer_index)
-        .having(func.count() > 1)
-        .subquery()
-    )
-    lines(
-        Label.DOPPI,
-        exists().where(
-            twice.c.iuv == ReportingLine.iuv, twice.c.transfer_index == ReportingLine.transfer_index
-        ),
-    )
-    money = exists().where(
-        TreasuryMovement.id_dominio == id_dominio,
-        TreasuryMovement.reference_kind == "flow",
-        TreasuryMovement.reference_lower == ReportingFlow.id_flusso_lower,
-    )
-    session.execute(
-        insert(t).from_select(
-            columns,
-            select(
-                ec,
-                literal("flow"),
-                cast(ReportingFlow.id, SqlString),
-                literal(Label.IUF_NO_TES),
-                literal(None, SqlString),
-                literal(None, SqlString),
-                literal(None),
-                ReportingFlow.id_flusso,
-                literal(None),
-                ReportingFlow.total_amount,
-                ts,
-            ).where(
-                ReportingFlow.id_dominio == id_dominio, live, not_(ReportingFlow.reconciled), not_(money)
-            ),
-        )
-    )
-    if flow_labels:
-        flows = {
-            f.id: f
-            for f in session.scalars(
-                select(ReportingFlow).where(col(ReportingFlow.id).in_([f for f, _ in flow_labels]))
-            )
-        }
-        session.execute(
-            insert(t),
-            [
-                {
-                    "id_dominio": id_dominio,
-                    "subject": "flow",
-                    "subject_key": str(fid),
-                    "label": label,
-                    "id_flusso": flows[fid].id_flusso,
-                    "amount": flows[fid].total_amount,
-                    "updated_at": now,
-                }
-                for fid, label in set(flow_labels)
-            ],
-        )
-
-    def movements(label, *conditions):  # type: ignore[no-untyped-def]
-        session.execute(
-            insert(t).from_select(
-                columns,
-                select(
-                    ec,
-                    literal("movement"),
-                    cast(TreasuryMovement.id, SqlString),
-                    literal(label),
-                    literal(None, SqlString),
-                    literal(None, SqlString),
-                    literal(None),
-                    TreasuryMovement.reference,
-                    TreasuryMovement.id,
-                    TreasuryMovement.amount,
-                    ts,
-                ).where(
-                    TreasuryMovement.id_dominio == id_dominio,
-                    TreasuryMovement.match_state != MovementMatch.NOT_PAGOPA,
-                    *conditions,
-                ),
-            )
-        )
-
-    flow_known = exists().where(
-        ReportingFlow.id_dominio == id_dominio,
-        live,
-        ReportingFlow.id_flusso_lower == TreasuryMovement.reference_lower,
-    )
-    iuv_known = exists().where(
-        Collection.id_dominio == id_dominio, func.lower(Collection.iuv) == TreasuryMovement.reference_lower
-    )
-    movements(
-        Label.TES_NO_IUF_OR_IUV,
-        or_(
-            and_(TreasuryMovement.reference_kind == "flow", not_(flow_known)),
-            and_(TreasuryMovement.reference_kind == "iuv", not_(iuv_known)),
-        ),
-    )
-    movements(
-        Label.TES_NO_MATCH,
-        col(TreasuryMovement.reference_kind).in_(["none", "truncated"]),
-        TreasuryMovement.amount > 0,
-        TreasuryMovement.match_state != MovementMatch.MATCHED,
-    )
+def digest(state: list[Any]) -> str:
+    """A short name of a fingerprint, to compare runs (and databases) at a glance."""
+    return hashlib.sha256(repr(state).encode()).hexdigest()[:12]
 
 
 # -------------------------------------------------------------------------------------------- measuring
@@ -938,6 +504,9 @@ def _rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MB / MB
 
 
+_ENGINE: Any = None
+
+
 def _run_reconcile() -> Any:
     from sqlmodel import Session
 
@@ -947,12 +516,16 @@ def _run_reconcile() -> Any:
         summary = reconcile_ec(session, id_dominio=EC)
         session.commit()
     return {
-        "flows_cashed": summary.flows_cashed,
-        "flows_waiting": summary.flows_waiting,
-        "flows_in_error": summary.flows_in_error,
-        "collections_cashed": summary.collections_cashed,
-        "suggestions": summary.suggestions,
-        "labels": summary.labels,
+        "outcome": {
+            "flows_cashed": summary.flows_cashed,
+            "flows_waiting": summary.flows_waiting,
+            "flows_in_error": summary.flows_in_error,
+            "collections_cashed": summary.collections_cashed,
+            "collections_uncashed": summary.collections_uncashed,
+            "suggestions": summary.suggestions,
+            "labels": summary.labels,
+        },
+        "phases": summary.phase_seconds,
     }
 
 
@@ -981,85 +554,100 @@ def _run_report() -> Any:
         "prospetto csv": len(render_prospetto_csv(pctx)),
         "prospetto pdf": len(render_prospetto_pdf(pctx)),
     }
-    return {"bytes": sizes, "anomalies": {g.label: g.count for g in data.anomalies}}
+    return {"outcome": {"bytes": sizes, "anomalies": {g.label: g.count for g in data.anomalies}}, "phases": {}}
 
 
-_ENGINE: Any = None
+def _auto_explain(engine: Engine, plans: list[tuple[float, str]]) -> None:
+    """Have PostgreSQL send the plan of every statement over 100 ms, as it ran, to the client."""
+    from sqlalchemy import event
+
+    def _notice(diag: Any) -> None:
+        message = diag.message_primary or ""
+        if message.startswith("duration:"):
+            plans.append((float(message.split()[1]), message))
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        dbapi_connection.add_notice_handler(_notice)
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("LOAD 'auto_explain'")
+            for setting, value in (("log_min_duration", "100"), ("log_analyze", "on"), ("log_buffers", "on"),
+                                   ("log_nested_statements", "on"), ("log_level", "notice")):
+                cursor.execute(f"SET auto_explain.{setting} = '{value}'")
+        dbapi_connection.commit()
 
 
-def _explain(engine: Engine, statement: str, parameters: Any) -> str:
-    """PostgreSQL's plan of one statement as it ran, its effect rolled back."""
-    with engine.connect() as conn:
-        raw: Any = conn.connection.driver_connection
-        with raw.cursor() as cursor:
-            if statement.startswith("INSERT INTO transfer_label"):
-                # the labels are in place: re-inserting them needs the delete that precedes it in the run
-                cursor.execute("DELETE FROM transfer_label WHERE id_dominio = %s", (EC,))
-            cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + statement, parameters)
-            plan = "\n".join(r[0] for r in cursor.fetchall())
-        raw.rollback()
-    return plan
+def _server_cpu(conn: Any) -> float:
+    """CPU seconds so far of the PostgreSQL backend serving a connection, when it runs on this machine (else 0).
+
+    On a machine shared with other work, wall seconds stretch with the load; CPU seconds much less so.
+    """
+    pid = getattr(getattr(conn.connection.driver_connection, "info", None), "backend_pid", None)
+    try:
+        with open(f"/proc/{pid}/comm") as fh:
+            if fh.read().strip() != "postgres":
+                return 0.0
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _child(url: str, what: str, explain: int, prototype: bool, out: Any) -> None:
-    """One measured job in a fresh process: seconds, memory, SQL time and the slowest statements."""
+def _child(url: str, what: str, explain: int, out: Any) -> None:
+    """One measured job in a fresh process: seconds, phases, memory, SQL time and the slowest statements."""
     from sqlalchemy import event
 
     global _ENGINE
     engine = _ENGINE = make_engine(url)
+    plans: list[tuple[float, str]] = []
+    if explain and engine.dialect.name == "postgresql":
+        _auto_explain(engine, plans)
     with engine.connect() as conn:
         conn.exec_driver_sql("SELECT 1")
     import store.reconciliation  # noqa: F401  (imports before the baseline)
-
-    if prototype:
-        install_prototype()
     import store.report_data  # noqa: F401
 
-    spent: dict[str, list[Any]] = {}
+    spent: dict[str, list[Any]] = {}  # statement: [wall seconds, calls, server CPU seconds]
+    local = engine.dialect.name == "postgresql"
 
     @event.listens_for(engine, "before_cursor_execute")
     def _before(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        conn.info.setdefault("t0", []).append(time.perf_counter())
+        conn.info.setdefault("t0", []).append((time.perf_counter(), _server_cpu(conn) if local else 0.0))
 
     @event.listens_for(engine, "after_cursor_execute")
     def _after(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        elapsed = time.perf_counter() - conn.info["t0"].pop()
-        entry = spent.setdefault(" ".join(statement.split()), [0.0, 0, None if executemany else parameters])
-        entry[0] += elapsed
+        wall, cpu = conn.info["t0"].pop()
+        entry = spent.setdefault(" ".join(statement.split()), [0.0, 0, 0.0])
+        entry[0] += time.perf_counter() - wall
         entry[1] += 1
+        entry[2] += (_server_cpu(conn) - cpu) if local else 0.0
 
     base = _rss_mb()
-    started = time.perf_counter()
-    outcome = _run_reconcile() if what == "reconcile" else _run_report()
-    seconds = time.perf_counter() - started
+    started, client = time.perf_counter(), time.process_time()
+    result = _run_reconcile() if what == "reconcile" else _run_report()
+    seconds, client = time.perf_counter() - started, time.process_time() - client
     peak = _peak_mb() - base
-    event.remove(engine, "before_cursor_execute", _before)
-    event.remove(engine, "after_cursor_execute", _after)
     top = sorted(spent.items(), key=lambda kv: -kv[1][0])[:8]
-    plans = []
-    if explain and engine.dialect.name == "postgresql":
-        plans = [
-            (st, _explain(engine, st, params))
-            for st, (_, calls, params) in top[:explain]
-            if calls == 1 and params is not None
-        ]
     out.send(
         {
             "seconds": seconds,
+            "client_cpu": client,
+            "server_cpu": sum(v[2] for v in spent.values()),
             "peak_mb": peak,
-            "outcome": outcome,
+            **result,
             "sql_seconds": sum(v[0] for v in spent.values()),
             "statements": sum(v[1] for v in spent.values()),
-            "top": [(st, t, c) for st, (t, c, _) in top],
-            "plans": plans,
+            "top": [(st, t, c, cpu) for st, (t, c, cpu) in top],
+            "plans": [plan for _, plan in sorted(plans, key=lambda p: -p[0])[:explain]],
         }
     )
 
 
-def _spawn(url: str, what: str, explain: int, prototype: bool) -> dict[str, Any]:
+def _spawn(url: str, what: str, explain: int) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(url, what, explain, prototype, child))
+    proc = ctx.Process(target=_child, args=(url, what, explain, child))
     proc.start()
     child.close()
     try:
@@ -1068,28 +656,35 @@ def _spawn(url: str, what: str, explain: int, prototype: bool) -> dict[str, Any]
         proc.join()
 
 
-def measure(label: str, url: str, *, explain: int, target: float | None, prototype: bool = False) -> None:
+def measure(label: str, url: str, *, explain: int) -> dict[str, Any]:
     """Two reconcile runs and one report, each in its own process, printed as they end."""
-    jobs = [("reconcile", "reconcile_ec first run"), ("reconcile", "reconcile_ec second run (no change)")]
-    if not prototype:
-        jobs.append(("report", "daily report data + HTML/CSV/PDF + prospetto"))
-    if prototype:
-        label += " (rewrite prototype)"
-    for what, title in jobs:
-        # the prototype's statements read a temporary table that is gone once the run ends: no plan for them
-        wanted = explain if what == "reconcile" and "second" in title and not prototype else 0
-        r = _spawn(url, what, wanted, prototype)
-        verdict = ""
-        if target is not None and what == "reconcile":
-            verdict = f"  (target <= {target:.0f} s: {'met' if r['seconds'] <= target else 'MISSED'})"
-        print(f"{label} {title}: {r['seconds']:.1f} s, peak memory {r['peak_mb']:.0f} MB{verdict}")
+    jobs = [
+        ("reconcile", "first", "reconcile_ec first run"),
+        ("reconcile", "second", "reconcile_ec second run (no change)"),
+        ("report", "report", "daily report data + HTML/CSV/PDF + prospetto"),
+    ]
+    results: dict[str, Any] = {}
+    states = [digest(fingerprint(url))]
+    for what, key, title in jobs:
+        r = results[key] = _spawn(url, what, explain if what == "reconcile" else 0)
+        if what == "reconcile":
+            states.append(digest(fingerprint(url)))
+        note = " (EXPLAIN ANALYZE instrumented)" if r["plans"] else ""
+        cpu = f", CPU {r['client_cpu']:.1f} s here" + (f" + {r['server_cpu']:.1f} s in PostgreSQL" if r["server_cpu"] else "")
+        print(f"{label} {title}: {r['seconds']:.1f} s{cpu}, peak memory {r['peak_mb']:.0f} MB{note}")
+        if r["phases"]:
+            print("  phases: " + ", ".join(f"{name} {s:.1f} s" for name, s in r["phases"].items()))
         print(f"  SQL {r['sql_seconds']:.1f} s in {r['statements']:,} statements; {r['outcome']}")
-        for statement, seconds, calls in r["top"]:
-            print(f"  {seconds:7.2f} s {calls:6d}x  {statement[:200]}")
-        for statement, plan in r["plans"]:
-            print(f"  EXPLAIN ANALYZE of: {statement[:160]}")
-            print("\n".join("    " + line for line in plan.splitlines()))
+        for statement, seconds, calls, server in r["top"]:
+            cpu = f" ({server:6.2f} s CPU)" if server else ""
+            print(f"  {seconds:7.2f} s{cpu} {calls:6d}x  {statement[:200]}")
+        for plan in r["plans"]:
+            print("  auto_explain: " + "\n    ".join(plan.splitlines()))
         sys.stdout.flush()
+    results["states"] = states
+    changed = "nothing" if states[1] == states[2] else "SOMETHING (a second run must change nothing)"
+    print(f"{label} outcome {states[1]} after the first run; the second run changed {changed}")
+    return results
 
 
 def _pg_database(base_url: str) -> str:
@@ -1108,15 +703,22 @@ def _drop_pg_database(url: str) -> None:
     admin.dispose()
 
 
-def run_database(label: str, url: str, *, args: argparse.Namespace, target: float | None) -> None:
-    """Measure one loaded database; with --prototype, measure the rewrite too and compare the outcomes."""
-    measure(label, url, explain=args.explain, target=target)
-    if args.prototype:
-        before = fingerprint(url)
-        reset(url)
-        measure(label, url, explain=args.explain, target=target, prototype=True)
-        same = fingerprint(url) == before
-        print(f"{label} rewrite prototype: same outcome as store.reconciliation: {'yes' if same else 'NO'}")
+def print_table(rows: list[tuple[str, dict[str, Any]]]) -> None:
+    """The runs of every database beside the target."""
+    print()
+    print(f"{'database':<12} {'first run':>10} {'second run':>11} {'report':>8} {'peak MB (1st/2nd)':>18}  target")
+    for label, r in rows:
+        first, second = r["first"], r["second"]
+        target = "-"
+        if label == "PostgreSQL":
+            met = first["seconds"] <= TARGET_SECONDS and second["seconds"] <= TARGET_SECONDS
+            target = f"<= {TARGET_SECONDS:.0f} s: {'met' if met else 'MISSED'}"
+            if first["plans"] or second["plans"]:
+                target += " (instrumented by --explain: measure without it)"
+        print(
+            f"{label:<12} {first['seconds']:>8.1f} s {second['seconds']:>9.1f} s {r['report']['seconds']:>6.1f} s "
+            f"{first['peak_mb']:>8.0f} / {second['peak_mb']:<7.0f}  {target}"
+        )
 
 
 def main() -> None:
@@ -1126,54 +728,61 @@ def main() -> None:
     parser.add_argument("--movements", type=int, default=10_000)
     parser.add_argument("--noise", type=float, default=0.02)
     parser.add_argument("--skip-sqlite", action="store_true")
+    parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument(
         "--explain",
         type=int,
         default=0,
         metavar="N",
-        help="EXPLAIN ANALYZE the N slowest statements of the second run (PostgreSQL)",
+        help="EXPLAIN ANALYZE the N slowest statements of each reconcile run, as they ran (PostgreSQL)",
     )
+    parser.add_argument("--keep", action="store_true", help="keep the loaded databases and print their URLs")
     parser.add_argument(
-        "--prototype",
-        action="store_true",
-        help="also run the rewritten statements (see 'rewrite prototype') and compare outcomes",
-    )
-    parser.add_argument("--keep", action="store_true", help="keep the PostgreSQL database and print its URL")
-    parser.add_argument(
-        "--url", help="measure a database loaded by an earlier --keep run (reset, no load, no drop)"
+        "--url", help="measure a database loaded by an earlier --keep run (migrate, reset, no load, no drop)"
     )
     args = parser.parse_args()
     if args.movements > args.flows:
         parser.error("--movements cannot exceed --flows (one credit per flow)")
     if args.url:
+        from models.migrate import upgrade
+
+        upgrade(args.url)
         reset(args.url)
-        backend = make_url(args.url).get_backend_name()
-        run_database(backend, args.url, args=args, target=TARGET_SECONDS if backend == "postgresql" else None)
+        label = "PostgreSQL" if make_url(args.url).get_backend_name() == "postgresql" else "SQLite"
+        print_table([(label, measure(label, args.url, explain=args.explain))])
         return
     print(
         f"{args.receipts:,} receipts, {args.flows:,} flows, {args.movements:,} movements, "
         f"noise {args.noise:.0%}"
     )
+    rows = []
     if not args.skip_sqlite:
-        with tempfile.TemporaryDirectory() as tmp:
-            url = f"sqlite:///{tmp}/bench.db"
+        folder = tempfile.mkdtemp(prefix="pf_bench_")
+        url = f"sqlite:///{folder}/bench.db"
+        try:
             print("SQLite:", flush=True)
             prepare(url, n=args.receipts, flows=args.flows, moves=args.movements, noise=args.noise)
-            run_database("SQLite", url, args=args, target=None)
+            rows.append(("SQLite", measure("SQLite", url, explain=0)))
+        finally:
+            if args.keep:
+                print(f"kept: {url}")
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
     base = os.environ.get("PAGOFLOW_TEST_POSTGRES_URL")
-    if not base:
-        print("PostgreSQL: skipped (PAGOFLOW_TEST_POSTGRES_URL is not set)")
-        return
-    url = _pg_database(base)
-    try:
-        print("PostgreSQL:", flush=True)
-        prepare(url, n=args.receipts, flows=args.flows, moves=args.movements, noise=args.noise)
-        run_database("PostgreSQL", url, args=args, target=TARGET_SECONDS)
-    finally:
-        if args.keep:
-            print(f"kept: {url}")
-        else:
-            _drop_pg_database(url)
+    if args.skip_postgres or not base:
+        print("PostgreSQL: skipped" + ("" if args.skip_postgres else " (PAGOFLOW_TEST_POSTGRES_URL is not set)"))
+    else:
+        url = _pg_database(base)
+        try:
+            print("PostgreSQL:", flush=True)
+            prepare(url, n=args.receipts, flows=args.flows, moves=args.movements, noise=args.noise)
+            rows.append(("PostgreSQL", measure("PostgreSQL", url, explain=args.explain)))
+        finally:
+            if args.keep:
+                print(f"kept: {url}")
+            else:
+                _drop_pg_database(url)
+    print_table(rows)
 
 
 if __name__ == "__main__":

@@ -25,11 +25,15 @@ class Reconciliation(SQLModel, table=True):
     """The outcome of matching one treasury movement (or one Ragioneria submission)."""
 
     __tablename__ = "reconciliation"
-    __table_args__ = (UniqueConstraint("id_dominio", "external_id", name="uq_reconciliation"),)
+    __table_args__ = (
+        UniqueConstraint("id_dominio", "external_id", name="uq_reconciliation"),
+        # one riconciliazione per movement: reconcile upserts on it; the API adopts a journal movement's row
+        Index("ix_reconciliation_movement_id", "movement_id", unique=True),
+    )
     id: int | None = Field(default=None, primary_key=True)
     id_dominio: str = Field(max_length=11)
     external_id: str = Field(max_length=100)
-    movement_id: int | None = Field(default=None, foreign_key="treasury_movement.id", index=True)
+    movement_id: int | None = Field(default=None, foreign_key="treasury_movement.id")
     request_hash: str | None = Field(default=None, max_length=64)
     request: Any = json_field()
     amount: Decimal = money_field()
@@ -79,9 +83,11 @@ class TransferLabel(SQLModel, table=True):
     iur: str | None = Field(default=None, max_length=35)
     transfer_index: int | None = Field(default=None)
     id_flusso: str | None = Field(default=None, max_length=35)
-    movement_id: int | None = Field(default=None, foreign_key="treasury_movement.id")
+    # a copy of the movement id, no foreign key: each run recomputes labels from the movements that exist, and
+    # checking a reference per label written (a million on a large EC's first run) cost a third of the writing
+    movement_id: int | None = Field(default=None)
     amount: Decimal | None = money_field(nullable=True, default=None)
-    updated_at: datetime = created_field()
+    updated_at: datetime = created_field()  # since when the label holds as it is
 
 
 class SuggestionState(StrEnum):
