@@ -5,7 +5,10 @@ header, so one SOAP operation can be targeted on an endpoint shared by many). Ea
 ``random.Random`` seeded from (config seed, rule index), so the sequence of outcomes a rule produces is
 reproducible whatever other endpoints are called in between. For every matching request the rule draws
 one number ``u``: ``u < drop_rate`` drops the connection, the next ``error_rate`` answers an error, the
-next ``malformed_rate`` truncates the real answer; latency (fixed + uniform jitter) applies to all.
+next ``malformed_rate`` truncates the real answer, the next ``stall_rate`` holds the real answer back for
+``stall_ms`` (beyond the caller's timeout: the work is done, the caller never hears of it in time), the next
+``lost_rate`` serves the request and drops the connection instead of answering (the work is done, the answer
+is lost); latency (fixed + uniform jitter) applies to all. Each rule counts what it injected, per kind.
 
 Dropping a connection with uvicorn: the ASGI ``send`` callable is a bound method of uvicorn's
 request/response cycle, which holds the asyncio transport (outer middlewares leave that original
@@ -38,6 +41,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 ERROR_KINDS = ("http_500", "http_502", "http_503", "http_504", "http_429", "soap_fault")
+RATE_FIELDS = ("drop_rate", "error_rate", "malformed_rate", "stall_rate", "lost_rate")
 CONTROL_PREFIX = "/sandbox/"
 RAW_SEND_KEY = "sandbox.raw_send"  # scope key where an outer middleware leaves the server's own send
 
@@ -56,23 +60,32 @@ class FaultRule:
     latency_ms: float = 0.0
     jitter_ms: float = 0.0
     error_rate: float = 0.0
-    error: str = "http_500"
+    error: str | list[str] = "http_500"  # a list: each error picks one of them (seeded)
     retry_after: int = 1
     drop_rate: float = 0.0
     malformed_rate: float = 0.0
+    stall_rate: float = 0.0
+    stall_ms: float = 0.0
+    lost_rate: float = 0.0
     times: int | None = None
     hits: int = 0
+    injected: dict[str, int] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random, repr=False)
 
     def __post_init__(self) -> None:
-        if self.error not in ERROR_KINDS:
-            raise ValueError(f"error must be one of {', '.join(ERROR_KINDS)}")
-        for name in ("error_rate", "drop_rate", "malformed_rate"):
+        kinds = [self.error] if isinstance(self.error, str) else list(self.error)
+        if not kinds or any(kind not in ERROR_KINDS for kind in kinds):
+            raise ValueError(f"error must be one of {', '.join(ERROR_KINDS)}, or a non-empty list of them")
+        for name in RATE_FIELDS:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
-        if self.drop_rate + self.error_rate + self.malformed_rate > 1.0 + 1e-9:
-            raise ValueError("drop_rate + error_rate + malformed_rate must not exceed 1")
+        if sum(getattr(self, name) for name in RATE_FIELDS) > 1.0 + 1e-9:
+            raise ValueError(f"{' + '.join(RATE_FIELDS)} must not exceed 1")
+        if self.stall_ms < 0 or self.latency_ms < 0 or self.jitter_ms < 0:
+            raise ValueError("latency_ms, jitter_ms and stall_ms must not be negative")
+        if self.stall_rate and not self.stall_ms:
+            raise ValueError("stall_rate needs stall_ms (how long the answer is held back)")
 
     def matches(self, *, method: str, path: str, operation: str | None) -> bool:
         """Whether this rule applies to a request."""
@@ -93,12 +106,16 @@ class FaultRule:
             "latency_ms": self.latency_ms,
             "jitter_ms": self.jitter_ms,
             "error_rate": self.error_rate,
-            "error": self.error,
+            "error": self.error if isinstance(self.error, str) else list(self.error),
             "retry_after": self.retry_after,
             "drop_rate": self.drop_rate,
             "malformed_rate": self.malformed_rate,
+            "stall_rate": self.stall_rate,
+            "stall_ms": self.stall_ms,
+            "lost_rate": self.lost_rate,
             "times": self.times,
             "hits": self.hits,
+            "injected": dict(self.injected),
         }
 
 
@@ -107,8 +124,9 @@ class Decision:
     """What to do with one request."""
 
     rule: FaultRule
-    action: str  # pass | drop | error | malformed
+    action: str  # pass | drop | error | malformed | stall | lost
     delay: float
+    error: str | None = None  # the error kind, for action "error"
 
 
 @dataclass
@@ -126,6 +144,7 @@ class FaultConfig:
             for index, rule in enumerate(rules):
                 rule.rng = random.Random(f"{seed}:{index}")  # noqa: S311 - reproducible, not secret
                 rule.hits = 0
+                rule.injected = {}
             self.rules = rules
 
     def clear(self) -> None:
@@ -144,15 +163,29 @@ class FaultConfig:
                 delay = rule.latency_ms / 1000.0
                 if rule.jitter_ms:
                     delay += rule.rng.uniform(0.0, rule.jitter_ms) / 1000.0
-                if u < rule.drop_rate:
-                    action = "drop"
-                elif u < rule.drop_rate + rule.error_rate:
-                    action = "error"
-                elif u < rule.drop_rate + rule.error_rate + rule.malformed_rate:
-                    action = "malformed"
-                else:
-                    action = "pass"
-                return Decision(rule=rule, action=action, delay=delay)
+                action = "pass"
+                bound = 0.0
+                # the order of the bands is part of the seeded contract: new kinds go after the old ones
+                for name, rate in (
+                    ("drop", rule.drop_rate),
+                    ("error", rule.error_rate),
+                    ("malformed", rule.malformed_rate),
+                    ("stall", rule.stall_rate),
+                    ("lost", rule.lost_rate),
+                ):
+                    bound += rate
+                    if u < bound:
+                        action = name
+                        break
+                error = None
+                if action == "error":
+                    # one more draw only when there is a choice: single-kind rules keep their sequences
+                    kinds = [rule.error] if isinstance(rule.error, str) else rule.error
+                    error = kinds[0] if len(kinds) == 1 else rule.rng.choice(kinds)
+                if action != "pass":
+                    kind = error or action
+                    rule.injected[kind] = rule.injected.get(kind, 0) + 1
+                return Decision(rule=rule, action=action, delay=delay, error=error)
         return None
 
     def as_dict(self) -> dict[str, Any]:
@@ -199,14 +232,14 @@ async def _drop(scope: Scope, send: Send) -> None:
     raise DroppedConnection("connection dropped by fault injection")
 
 
-async def _send_error(send: Send, rule: FaultRule, *, operation: str | None) -> None:
-    if rule.error == "soap_fault":
+async def _send_error(send: Send, rule: FaultRule, *, error: str, operation: str | None) -> None:
+    if error == "soap_fault":
         from sandbox import soap
 
         body, status = soap.system_error_response(operation)
         await _send_simple(send, status, body, "text/xml; charset=utf-8")
         return
-    status = int(rule.error.split("_")[1])
+    status = int(error.split("_")[1])
     titles = {
         429: "Too Many Requests",
         500: "Internal Server Error",
@@ -226,7 +259,8 @@ async def _send_error(send: Send, rule: FaultRule, *, operation: str | None) -> 
     await _send_simple(send, status, json.dumps(problem).encode(), "application/problem+json", extra)
 
 
-async def _send_malformed(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+async def _serve_captured(app: ASGIApp, scope: Scope, receive: Receive) -> tuple[Message | None, bytes]:
+    """Run the app to the end, keeping its answer (start message, whole body) instead of sending it."""
     start: Message | None = None
     chunks: list[bytes] = []
 
@@ -238,9 +272,32 @@ async def _send_malformed(app: ASGIApp, scope: Scope, receive: Receive, send: Se
             chunks.append(message.get("body", b""))
 
     await app(scope, receive, capture)
+    return start, b"".join(chunks)
+
+
+async def _send_captured(send: Send, start: Message, body: bytes) -> None:
+    await send(start)
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _send_stalled(app: ASGIApp, scope: Scope, receive: Receive, send: Send, *, stall: float) -> None:
+    # The work is done first, then the answer waits: a caller that times out meanwhile never learns of it.
+    start, body = await _serve_captured(app, scope, receive)
+    await asyncio.sleep(stall)
+    if start is not None:
+        await _send_captured(send, start, body)
+
+
+async def _send_lost(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    # The work is done, then the connection goes down before a byte of the answer is written.
+    await _serve_captured(app, scope, receive)
+    await _drop(scope, send)
+
+
+async def _send_malformed(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    start, body = await _serve_captured(app, scope, receive)
     if start is None:
         return
-    body = b"".join(chunks)
     truncated = body[: max(1, len(body) // 2)] if body else b"{"
     headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
     headers.append((b"content-length", str(len(truncated)).encode()))
@@ -275,9 +332,15 @@ class FaultMiddleware:
             logger.info("fault: dropping %s %s", scope["method"], scope["path"])
             await _drop(scope, send)
         elif decision.action == "error":
-            await _send_error(send, decision.rule, operation=operation)
+            await _send_error(send, decision.rule, error=decision.error or "http_500", operation=operation)
         elif decision.action == "malformed":
             await _send_malformed(self.app, scope, receive, send)
+        elif decision.action == "stall":
+            logger.info("fault: holding back the answer to %s %s", scope["method"], scope["path"])
+            await _send_stalled(self.app, scope, receive, send, stall=decision.rule.stall_ms / 1000.0)
+        elif decision.action == "lost":
+            logger.info("fault: losing the answer to %s %s", scope["method"], scope["path"])
+            await _send_lost(self.app, scope, receive, send)
         else:
             await self.app(scope, receive, send)
 
@@ -291,6 +354,9 @@ def rules_from_payload(payload: dict[str, Any]) -> tuple[list[FaultRule], int]:
         "retryAfter": "retry_after",
         "dropRate": "drop_rate",
         "malformedRate": "malformed_rate",
+        "stallRate": "stall_rate",
+        "stallMs": "stall_ms",
+        "lostRate": "lost_rate",
         "endpoint": "path",
     }
     allowed = {
@@ -304,6 +370,9 @@ def rules_from_payload(payload: dict[str, Any]) -> tuple[list[FaultRule], int]:
         "retry_after",
         "drop_rate",
         "malformed_rate",
+        "stall_rate",
+        "stall_ms",
+        "lost_rate",
         "times",
     }
     rules: list[FaultRule] = []

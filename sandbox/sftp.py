@@ -1,13 +1,15 @@
 """The treasury bank's SFTP server of the sandbox: a small paramiko server over a directory, in a thread.
 
 It serves the journals that `POST /sandbox/settle` writes, with password or public-key authentication and a
-host key the client pins. It can misbehave on purpose (drop the connection after N bytes served) for fault
-tests. Pure Python, so the demo and the tests need no OpenSSH.
+host key the client pins. It can misbehave on purpose for fault tests: drop the connection once after N bytes
+served, or drop it in the middle of a seeded fraction of the downloads (``Faults``). Pure Python, so the demo
+and the tests need no OpenSSH.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import socket
 import threading
 from collections.abc import Iterator
@@ -27,10 +29,38 @@ def known_hosts_line(host: str, port: int, public_line: str) -> str:
 
 @dataclass
 class Faults:
-    """What the fake server does wrong; ``drop_after_bytes`` fires once, then the server behaves."""
+    """What the fake server does wrong.
+
+    ``drop_after_bytes`` drops the connection once the server has served that many bytes, once; then the
+    server behaves. ``drop_rate`` cuts that fraction of the downloads in the middle of the file: every
+    opening of a file for reading draws from a generator seeded with ``seed`` (so a campaign is repeatable),
+    and a drawn download gets the file's bytes up to a random point (at least one, never the whole file)
+    before the connection goes down; ``cut_first`` cuts the first downloads that way whatever the draw (a
+    campaign is sure to see one). ``opened`` counts the openings, ``dropped`` the drops of either kind.
+    """
 
     drop_after_bytes: int | None = None
     dropped: int = 0
+    drop_rate: float = 0.0
+    seed: int = 0
+    cut_first: int = 0
+    opened: int = 0
+    rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.drop_rate <= 1.0:
+            raise ValueError("drop_rate must be between 0 and 1")
+        self.rng = random.Random(f"sftp:{self.seed}")  # noqa: S311 - reproducible, not secret
+
+    def cut_point(self, size: int) -> int | None:
+        """Where to cut the download of a ``size``-byte file now opened, or None to serve it whole."""
+        self.opened += 1
+        if size < 2:
+            return None
+        forced = self.opened <= self.cut_first
+        if not forced and (not self.drop_rate or self.rng.random() >= self.drop_rate):
+            return None
+        return self.rng.randint(1, size - 1)
 
 
 @dataclass
@@ -113,12 +143,31 @@ class SandboxSftpServer:
             if drop:
                 self.faults.dropped += 1
         if drop:
-            sock = transport.sock
-            try:
-                sock.shutdown(socket.SHUT_RDWR)  # the client sees the link vanish mid-transfer
-            except OSError:
-                pass
-            transport.close()
+            _hang_up(transport)
+
+    def cut_point(self, size: int) -> int | None:
+        """Where the download of a file just opened is to be cut (``Faults.drop_rate``), or None."""
+        with self._lock:
+            return self.faults.cut_point(size)
+
+    def cut(self, transport: paramiko.Transport, *, delay: float = 0.0) -> None:
+        """Drop a connection cut mid-file: now, or once the partial answer had ``delay`` s to leave."""
+        with self._lock:
+            self.faults.dropped += 1
+        if delay:
+            timer = threading.Timer(delay, _hang_up, args=(transport,))
+            timer.daemon = True
+            timer.start()
+        else:
+            _hang_up(transport)
+
+
+def _hang_up(transport: paramiko.Transport) -> None:
+    try:
+        transport.sock.shutdown(socket.SHUT_RDWR)  # the client sees the link vanish mid-transfer
+    except OSError:
+        pass
+    transport.close()
 
 
 class _FakeAuth(paramiko.ServerInterface):
@@ -147,17 +196,30 @@ class _FakeAuth(paramiko.ServerInterface):
 
 
 class _Handle(paramiko.SFTPHandle):
-    def __init__(self, sftp: _FakeSftp, path: Path, flags: int) -> None:
+    def __init__(self, sftp: _FakeSftp, path: Path, flags: int, *, cut: int | None = None) -> None:
         super().__init__(flags)
         self._sftp, self._path = sftp, path
+        self._cut = cut  # serve the file up to this byte, then drop the connection
+        self._dropping = False
 
     def stat(self) -> paramiko.SFTPAttributes | int:
         return paramiko.SFTPAttributes.from_stat(os.fstat(self.readfile.fileno()))
 
     def read(self, offset: int, length: int) -> bytes | int:
+        auth = self._sftp.auth
+        if self._dropping:  # the client asks past the cut: the link is going down anyway
+            _hang_up(auth.transport)
+            return paramiko.SFTP_CONNECTION_LOST
         self.readfile.seek(offset)
         data = self.readfile.read(length)
-        auth = self._sftp.auth
+        if self._cut is not None and offset + len(data) > self._cut:
+            data = data[: max(0, self._cut - offset)]
+            self._dropping = True
+            if not data:
+                self._sftp.fake.cut(auth.transport)
+                return paramiko.SFTP_CONNECTION_LOST
+            # the bytes before the cut reach the client (a short read), then the connection goes down
+            self._sftp.fake.cut(auth.transport, delay=0.05)
         self._sftp.fake.served(connection=auth.number, offset=offset, n=len(data), transport=auth.transport)
         return data
 
@@ -206,7 +268,8 @@ class _FakeSftp(paramiko.SFTPServerInterface):
             f = open(self._local(path), "rb")  # noqa: SIM115 - closed by SFTPHandle.close
         except OSError as exc:
             return self._error(exc)
-        handle = _Handle(self, self._local(path), flags)
+        cut = self.fake.cut_point(os.fstat(f.fileno()).st_size)
+        handle = _Handle(self, self._local(path), flags, cut=cut)
         handle.readfile = f
         return handle
 
