@@ -130,6 +130,18 @@ def _spec(model: type[BaseModel], data: dict[str, Any], names: dict[str, str]) -
         raise FormErrors(errors) from None
 
 
+def _owning_ec(session: Session, user: ConsoleUser, v: dict[str, Any], row: Any) -> str:
+    """The EC an EC-scoped entry belongs to (fixed once stored), checked to exist and be the user's."""
+    id_dominio = row.id_dominio if row is not None else v["id_dominio"]
+    if (
+        not id_dominio
+        or not user.can_see(id_dominio)
+        or session.exec(select(Creditor).where(Creditor.id_dominio == id_dominio)).first() is None
+    ):
+        raise FormErrors({"id_dominio": "ente sconosciuto o non abilitato"})
+    return str(id_dominio)
+
+
 def _number(value: str | None, name: str) -> int | None:
     if value is None:
         return None
@@ -396,13 +408,7 @@ def _iban_initial(session: Session, row: IbanAccount) -> dict[str, Any]:
 def _iban_validate(
     session: Session, user: ConsoleUser, v: dict[str, Any], row: IbanAccount | None
 ) -> Validated:
-    id_dominio = row.id_dominio if row is not None else v["id_dominio"]
-    if (
-        not id_dominio
-        or not user.can_see(id_dominio)
-        or session.exec(select(Creditor).where(Creditor.id_dominio == id_dominio)).first() is None
-    ):
-        raise FormErrors({"id_dominio": "ente sconosciuto o non abilitato"})
+    id_dominio = _owning_ec(session, user, v, row)
     postal = {"yes": True, "no": False}.get(v["postal"] or "")
     spec = _spec(
         IbanSpec,
@@ -486,13 +492,7 @@ def _debt_type_initial(session: Session, row: DebtType) -> dict[str, Any]:
 def _debt_type_validate(
     session: Session, user: ConsoleUser, v: dict[str, Any], row: DebtType | None
 ) -> Validated:
-    id_dominio = row.id_dominio if row is not None else v["id_dominio"]
-    if (
-        not id_dominio
-        or not user.can_see(id_dominio)
-        or session.exec(select(Creditor).where(Creditor.id_dominio == id_dominio)).first() is None
-    ):
-        raise FormErrors({"id_dominio": "ente sconosciuto o non abilitato"})
+    id_dominio = _owning_ec(session, user, v, row)
     spec = _spec(
         DebtTypeSpec,
         {

@@ -10,6 +10,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from web.console.forms import pages
 from web.console.i18n import format_date, format_datetime, format_eur, pick_language, translator
 from web.console.security import ConsoleUser, csrf_token
 
@@ -107,3 +108,11 @@ def render(
         **context,
     )
     return HTMLResponse(html, status_code=status, headers=headers)
+
+
+def render_list(
+    request: Request, template: str, *, listed: tuple[int, Any], current: int, **context: Any
+) -> HTMLResponse:
+    """A list page: one page of rows (``listed`` is the store's (total, rows)) with what the pager needs."""
+    total, rows = listed
+    return render(request, template, rows=rows, total=total, page=current, pages=pages(total), **context)

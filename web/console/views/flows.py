@@ -8,8 +8,8 @@ from fastapi.responses import HTMLResponse
 from models.reporting import FlowState, ReportingFlow
 from store.console import flow_lines, labels_of, visible_creditors
 from store.reporting import FlowFilter, line_details, list_flows
-from web.console.forms import PAGE_SIZE, choice, day, flag, page, pages, text
-from web.console.render import render
+from web.console.forms import PAGE_SIZE, choice, day, flag, page, text
+from web.console.render import render, render_list
 from web.console.security import NotFound, SessionDep, UserDep, require_ec
 
 router = APIRouter()
@@ -32,18 +32,13 @@ def flows(request: Request, session: SessionDep, user: UserDep) -> HTMLResponse:
     )
     current = page(q)
     allowed = None if user.creditors is None else set(user.creditors)
-    total, rows = list_flows(
-        session, filters=filters, allowed_creditors=allowed, page=current, size=PAGE_SIZE
-    )
-    return render(
+    return render_list(
         request,
         "flows.html",
+        listed=list_flows(session, filters=filters, allowed_creditors=allowed, page=current, size=PAGE_SIZE),
+        current=current,
         title="Flussi di rendicontazione",
         user=user,
-        rows=rows,
-        total=total,
-        page=current,
-        pages=pages(total),
         creditors=creditors,
         filters=filters,
         errors=errors,

@@ -15,8 +15,8 @@ from store.console import (
     set_not_pagopa,
     visible_creditors,
 )
-from web.console.forms import PAGE_SIZE, choice, day, flag, page, pages, text
-from web.console.render import flash, redirect, render
+from web.console.forms import PAGE_SIZE, choice, day, flag, page, text
+from web.console.render import flash, redirect, render, render_list
 from web.console.security import FormDep, NotFound, Refused, SessionDep, UserDep, require, require_ec
 
 router = APIRouter()
@@ -35,16 +35,13 @@ def movements(request: Request, session: SessionDep, user: UserDep) -> HTMLRespo
         "with_suggestions": flag(q, "suggerimenti"),
     }
     current = page(q)
-    total, rows = list_movements(session, allowed=user.creditors, page=current, size=PAGE_SIZE, **filters)
-    return render(
+    return render_list(
         request,
         "movements.html",
+        listed=list_movements(session, allowed=user.creditors, page=current, size=PAGE_SIZE, **filters),
+        current=current,
         title="Movimenti di tesoreria",
         user=user,
-        rows=rows,
-        total=total,
-        page=current,
-        pages=pages(total),
         creditors=creditors,
         filters=filters,
         errors=errors,

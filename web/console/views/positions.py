@@ -22,8 +22,8 @@ from store.console import (
     visible_creditors,
 )
 from store.positions import items_of
-from web.console.forms import PAGE_SIZE, choice, day, page, pages, text
-from web.console.render import flash, redirect, render
+from web.console.forms import PAGE_SIZE, choice, day, page, text
+from web.console.render import flash, redirect, render, render_list
 from web.console.security import FormDep, NotFound, SessionDep, UserDep, require, require_ec
 
 router = APIRouter()
@@ -50,21 +50,19 @@ def positions(request: Request, session: SessionDep, user: UserDep) -> HTMLRespo
     )
     today = italian_today()
     current = page(q)
-    total, rows = search_positions(
+    listed = search_positions(
         session, search=search, allowed=user.creditors, today=today, page=current, size=PAGE_SIZE
     )
     applications = session.exec(select(Application.id_a2a).order_by(col(Application.id_a2a))).all()
-    return render(
+    return render_list(
         request,
         "positions.html",
+        listed=listed,
+        current=current,
         title="Ricerca posizioni",
         user=user,
         search=search,
         errors=errors,
-        rows=rows,
-        total=total,
-        page=current,
-        pages=pages(total),
         creditors=creditors,
         states=STATES,
         applications=applications,

@@ -10,8 +10,8 @@ from models.payments import Collection, Receipt
 from models.positions import Position
 from reports.receipt import render_receipt_pdf
 from store.console import labels_of, list_receipts, position_receipt_context, visible_creditors
-from web.console.forms import PAGE_SIZE, choice, day, page, pages, text
-from web.console.render import render
+from web.console.forms import PAGE_SIZE, choice, day, page, text
+from web.console.render import render, render_list
 from web.console.security import NotFound, SessionDep, UserDep, require_ec
 
 router = APIRouter()
@@ -31,16 +31,13 @@ def receipts(request: Request, session: SessionDep, user: UserDep) -> HTMLRespon
         "day": day(q, "giorno", errors),
     }
     current = page(q)
-    total, rows = list_receipts(session, allowed=user.creditors, page=current, size=PAGE_SIZE, **filters)
-    return render(
+    return render_list(
         request,
         "receipts.html",
+        listed=list_receipts(session, allowed=user.creditors, page=current, size=PAGE_SIZE, **filters),
+        current=current,
         title="Ricevute",
         user=user,
-        rows=rows,
-        total=total,
-        page=current,
-        pages=pages(total),
         creditors=creditors,
         filters=filters,
         errors=errors,

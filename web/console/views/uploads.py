@@ -16,9 +16,9 @@ from rules.tracciato import RowDefaults
 from store.bulk import count_outcomes
 from store.console import list_actions, list_bulk_files, register_upload, visible_creditors
 from store.positions import load_caller
-from web.console.forms import PAGE_SIZE, flag, page, pages, text
+from web.console.forms import PAGE_SIZE, flag, page, text
 from web.console.loader import UploadRefused, check_scope, start_load, store_upload, upload_path
-from web.console.render import flash, redirect, render
+from web.console.render import flash, redirect, render, render_list
 from web.console.security import FormDep, NotFound, Refused, SessionDep, UserDep, require, require_ec
 
 router = APIRouter()
@@ -45,19 +45,15 @@ def _page(
 ) -> HTMLResponse:
     creditors = visible_creditors(session, allowed=user.creditors)
     current = page(request.query_params)
-    total, rows = list_bulk_files(session, allowed=user.creditors, page=current, size=PAGE_SIZE)
-    applications = _applications(session, {c.id_dominio for c in creditors})
-    return render(
+    return render_list(
         request,
         "uploads.html",
+        listed=list_bulk_files(session, allowed=user.creditors, page=current, size=PAGE_SIZE),
+        current=current,
         title="Caricamenti",
         user=user,
         creditors=creditors,
-        rows=rows,
-        total=total,
-        page=current,
-        pages=pages(total),
-        applications=applications,
+        applications=_applications(session, {c.id_dominio for c in creditors}),
         error=error,
         status=status,
     )
