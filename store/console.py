@@ -30,6 +30,7 @@ from rules.calendar import day_start
 from rules.console import after_failure
 from rules.positions import visible_state
 from store.bulk import register_bulk_file
+from store.common import page_of
 from store.journal import JournalQuery, search_events
 from store.positions import PositionFilter, change_state, items_of, list_positions
 from store.reconciliation import confirm_suggestion, mark_not_pagopa
@@ -136,13 +137,8 @@ def list_actions(
     ):
         if value:
             stmt = stmt.where(column == value)
-    total = session.exec(select(func.count()).select_from(stmt.subquery())).one()
-    rows = session.exec(
-        stmt.order_by(col(OperatorAction.at).desc(), col(OperatorAction.id).desc())
-        .offset((page - 1) * size)
-        .limit(size)
-    ).all()
-    return int(total), list(rows)
+    order = (col(OperatorAction.at).desc(), col(OperatorAction.id).desc())
+    return page_of(session, stmt, order_by=order, page=page, size=size)
 
 
 def _in_scope(column: Any, allowed: frozenset[str] | None) -> Any:
@@ -486,13 +482,8 @@ def list_receipts(
             col(Receipt.received_at) >= day_start(day),
             col(Receipt.received_at) < day_start(day + timedelta(days=1)),
         )
-    total = session.exec(select(func.count()).select_from(stmt.subquery())).one()
-    rows = session.exec(
-        stmt.order_by(col(Receipt.received_at).desc(), col(Receipt.id).desc())
-        .offset((page - 1) * size)
-        .limit(size)
-    ).all()
-    return int(total), list(rows)
+    order = (col(Receipt.received_at).desc(), col(Receipt.id).desc())
+    return page_of(session, stmt, order_by=order, page=page, size=size)
 
 
 def flow_lines(
@@ -699,9 +690,7 @@ def list_bulk_files(
     stmt = select(BulkFile)
     if allowed is not None:
         stmt = stmt.where(col(BulkFile.id_dominio).in_(sorted(allowed)))
-    total = session.exec(select(func.count()).select_from(stmt.subquery())).one()
-    rows = session.exec(stmt.order_by(col(BulkFile.id).desc()).offset((page - 1) * size).limit(size)).all()
-    return int(total), list(rows)
+    return page_of(session, stmt, order_by=(col(BulkFile.id).desc(),), page=page, size=size)
 
 
 def bulk_fail_if_stuck(session: Session, *, bulk_file_id: int) -> None:

@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any, Generic, Literal, TypeVar, overload
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Table, bindparam, func, insert, or_, text, update
+from sqlalchemy import Table, bindparam, insert, or_, text, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, SQLModel, col, select
 
@@ -37,6 +37,7 @@ from rules.positions import (
     check_restore,
     check_update,
 )
+from store.common import page_of
 from store.iuv import allocate_notices
 
 CREATED, UPDATED, UNCHANGED = "CREATED", "UPDATED", "UNCHANGED"
@@ -431,7 +432,5 @@ def list_positions(session: Session, *, filters: PositionFilter, allowed_credito
                           or_(col(Position.due_date).is_(None), col(Position.due_date) >= today))
     elif f.stato is not None:
         stmt = stmt.where(Position.state == f.stato)
-    total = session.exec(select(func.count()).select_from(stmt.subquery())).one()
-    rows = session.exec(stmt.order_by(col(Position.created_at).desc(), col(Position.id).desc())
-                        .offset((page - 1) * size).limit(size)).all()
-    return int(total), list(rows)
+    return page_of(session, stmt, order_by=(col(Position.created_at).desc(), col(Position.id).desc()),
+                   page=page, size=size)

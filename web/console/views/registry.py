@@ -6,10 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
-from sqlalchemy import func
 from sqlmodel import col, select
 
 from models.registry import RegistryAudit
+from store.common import page_of
 from store.registry import replace_grants, upsert_entry
 from web.console.forms import page, pages, text
 from web.console.registry_forms import ENTITIES, GRANTS, Entity, FormErrors, read_form
@@ -71,11 +71,10 @@ def registry_audit(request: Request, session: SessionDep, user: UserDep) -> HTML
         stmt = stmt.where(RegistryAudit.entity == entity)
     if key:
         stmt = stmt.where(RegistryAudit.key == key)
-    total = session.exec(select(func.count()).select_from(stmt.subquery())).one()
     current = page(q)
-    rows = session.exec(
-        stmt.order_by(col(RegistryAudit.id).desc()).offset((current - 1) * AUDIT_PAGE).limit(AUDIT_PAGE)
-    ).all()
+    total, rows = page_of(
+        session, stmt, order_by=(col(RegistryAudit.id).desc(),), page=current, size=AUDIT_PAGE
+    )
     return render(
         request,
         "registry/audit.html",
