@@ -29,3 +29,25 @@ def load_example_registry(session: Session) -> ApplyReport:
     report = apply_registry(session, spec=example_registry())
     session.commit()
     return report
+
+
+def iban_pendenza(*, id_dominio: str, causale: str, amount: str = "25.00") -> dict[str, Any]:
+    """A PUT /pendenze body with one voce paid to the example registry's treasury IBAN."""
+    return {
+        "idTipoPendenza": "TARI",
+        "idDominio": id_dominio,
+        "causale": causale,
+        "soggettoPagatore": {"identificativo": "RSSMRA80A01H501U", "anagrafica": "Mario Rossi"},
+        "importo": amount,
+        "dataScadenza": "2099-12-31",
+        "voci": [
+            {
+                "idVocePendenza": "V1",
+                "importo": amount,
+                "descrizione": "Quota",
+                "ibanAccredito": "IT21X0306909606000000123456",
+                "tipoContabilita": "CAPITOLO",
+                "codiceContabilita": "1010",
+            }
+        ],
+    }

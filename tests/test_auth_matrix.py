@@ -34,7 +34,7 @@ from rules.registry import parse_registry
 from store.registry import apply_registry
 from store.rpt import create_attempts, new_payment_id
 from tests.conftest import Database
-from tests.factories import example_registry_data
+from tests.factories import example_registry_data, iban_pendenza
 from tests.live_server import live_server
 from tests.soap_messages import STATION_VALUES, invia_rt_envelope, station_envelope
 from web import soap
@@ -222,24 +222,7 @@ def registry_for_matrix() -> dict[str, Any]:
 
 
 def pendenza(*, document: bool = False) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "idTipoPendenza": "TARI",
-        "idDominio": COMUNE,
-        "causale": "TARI matrice",
-        "soggettoPagatore": {"identificativo": "RSSMRA80A01H501U", "anagrafica": "Mario Rossi"},
-        "importo": "25.00",
-        "dataScadenza": "2099-12-31",
-        "voci": [
-            {
-                "idVocePendenza": "V1",
-                "importo": "25.00",
-                "descrizione": "Quota",
-                "ibanAccredito": "IT21X0306909606000000123456",
-                "tipoContabilita": "CAPITOLO",
-                "codiceContabilita": "1010",
-            }
-        ],
-    }
+    body = iban_pendenza(id_dominio=COMUNE, causale="TARI matrice")
     if document:
         body["documento"] = {"identificativo": "DOC-1", "descrizione": "Avviso TARI", "rata": 1}
     return body

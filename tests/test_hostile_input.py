@@ -46,7 +46,7 @@ from rules.station import FAULT_STRINGS
 from rules.tracciato import AnnulRow, InsertRow, RowError, TracciatoError, read_tracciato
 from rules.xmlsafe import MalformedXMLError, UnsafeXMLError, iterparse_xml, parse_xml
 from tests.conftest import Database
-from tests.factories import load_example_registry
+from tests.factories import iban_pendenza, load_example_registry
 from tests.live_server import live_server
 from tests.soap_messages import (
     INVIA_RT,
@@ -544,24 +544,7 @@ def platform(_databases: dict[str, Database], tmp_path_factory: pytest.TempPathF
 
         try:
             with live_server(create_app()) as url:
-                body = {
-                    "idTipoPendenza": "TARI",
-                    "idDominio": COMUNE,
-                    "causale": "TARI ostile",
-                    "soggettoPagatore": {"identificativo": "RSSMRA80A01H501U", "anagrafica": "Mario Rossi"},
-                    "importo": "25.00",
-                    "dataScadenza": "2099-12-31",
-                    "voci": [
-                        {
-                            "idVocePendenza": "V1",
-                            "importo": "25.00",
-                            "descrizione": "Quota",
-                            "ibanAccredito": "IT21X0306909606000000123456",
-                            "tipoContabilita": "CAPITOLO",
-                            "codiceContabilita": "1010",
-                        }
-                    ],
-                }
+                body = iban_pendenza(id_dominio=COMUNE, causale="TARI ostile")
                 with httpx.Client(timeout=30) as http:
                     put = http.put(f"{url}{PENDENZE}/pendenze/A2A-TRIBUTI/HOSTILE-1", json=body, auth=TRIBUTI)
                     assert put.status_code == 201, put.text
