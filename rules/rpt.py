@@ -335,6 +335,14 @@ def parse_rt(xml: bytes) -> RtData:
         raise RptError(f"the RT is not readable: {str(exc)[:200]}") from exc
 
 
+def _amount(text: str | None) -> Decimal:
+    """An RT amount; NaN and infinities (which Decimal reads) are not amounts."""
+    value = Decimal(text or "0")
+    if not value.is_finite():
+        raise ValueError(f"amount {text!r} is not a number")
+    return value
+
+
 def _rt_data(root: etree._Element) -> RtData:
     dati = _child(root, "datiPagamento")
     payments = []
@@ -345,7 +353,7 @@ def _rt_data(root: etree._Element) -> RtData:
     ):
         payments.append(
             RtPayment(
-                amount=Decimal(_value(single, "singoloImportoPagato") or "0"),
+                amount=_amount(_value(single, "singoloImportoPagato")),
                 outcome=_value(single, "esitoSingoloPagamento"),
                 outcome_date=date.fromisoformat(_value(single, "dataEsitoSingoloPagamento") or "1970-01-01"),
                 iur=_value(single, "identificativoUnivocoRiscossione") or "",
@@ -365,7 +373,7 @@ def _rt_data(root: etree._Element) -> RtData:
         or "",
         psp_name=_value(root, "istitutoAttestante", "denominazioneAttestante") or "",
         outcome_code=_value(dati, "codiceEsitoPagamento") or "1",
-        amount=Decimal(_value(dati, "importoTotalePagato") or "0"),
+        amount=_amount(_value(dati, "importoTotalePagato")),
         iuv=_value(dati, "identificativoUnivocoVersamento") or "",
         ccp=_value(dati, "CodiceContestoPagamento") or "",
         debtor_id=_value(

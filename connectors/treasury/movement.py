@@ -24,6 +24,9 @@ class TreasuryFormat(StrEnum):
     CSV = "csv"
 
 
+_MAX_REASON = 300
+
+
 class TreasuryFormatError(ValueError):
     """A treasury file that cannot be read: which file, which record (ordinal or line) and which field."""
 
@@ -38,6 +41,9 @@ class TreasuryFormatError(ValueError):
         self.source_name = source_name
         self.record = record
         self.field = field
+        # A hostile file can put megabytes in one field: the message quotes at most the start of it.
+        if len(message) > _MAX_REASON:
+            message = message[: _MAX_REASON - 1] + "…"
         self.reason = message
         where = [source_name or "<treasury file>"]
         if record is not None:
