@@ -116,9 +116,9 @@ def _decision_table() -> Table:
 @contextmanager
 def _decisions(session: Session) -> Iterator[Table]:
     conn = session.connection()
-    schema = "pg_temp" if conn.dialect.name == "postgresql" else "temp"
-    # a run that failed on this pooled SQLite connection may have left it (PostgreSQL rolls the CREATE back)
-    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {schema}.reconcile_decision")
+    if conn.dialect.name == "sqlite":
+        # a run that failed on this pooled connection may have left it (PostgreSQL rolls the CREATE back)
+        conn.exec_driver_sql("DROP TABLE IF EXISTS temp.reconcile_decision")
     table = _decision_table()
     table.create(conn)
     yield table
@@ -196,11 +196,11 @@ class _Phases:
 
 def _latest_flows(session: Session, *, id_dominio: str, named: Any) -> dict[str | None, FlowFacts]:
     """The newest live revision of each flow id (lower-cased) that the money ``named`` names."""
+    f = FLOW.c
     rows = session.execute(
-        select(FLOW.c.id, FLOW.c.id_flusso, FLOW.c.id_flusso_lower, FLOW.c.state, FLOW.c.total_amount,
-               FLOW.c.revision)
-        .where(FLOW.c.id_dominio == id_dominio, FLOW.c.state != FlowState.OBSOLETA, FLOW.c.id_flusso_lower.in_(named))
-        .order_by(FLOW.c.id)
+        select(f.id, f.id_flusso, f.id_flusso_lower, f.state, f.total_amount, f.revision)
+        .where(f.id_dominio == id_dominio, f.state != FlowState.OBSOLETA, f.id_flusso_lower.in_(named))
+        .order_by(f.id)
     ).all()
     best: dict[str | None, tuple[int, FlowFacts]] = {}
     for flow_id, id_flusso, lower, state, total, revision in rows:
@@ -211,16 +211,16 @@ def _latest_flows(session: Session, *, id_dominio: str, named: Any) -> dict[str 
 
 def _decide_flows(session: Session, decided: Table, *, id_dominio: str, summary: ReconcileSummary) -> None:
     """Sum the money naming each flow and decide it (``decide_flow``), one decision row per movement."""
-    naming = (MOVEMENT.c.id_dominio == id_dominio, MOVEMENT.c.reference_kind == "flow",
-              MOVEMENT.c.match_state != MovementMatch.NOT_PAGOPA)
+    m = MOVEMENT.c
+    naming = (m.id_dominio == id_dominio, m.reference_kind == "flow",
+              m.match_state != MovementMatch.NOT_PAGOPA)
     money: dict[str | None, list[tuple[int, Decimal]]] = defaultdict(list)
     for movement_id, ref, amount in session.execute(
-            select(MOVEMENT.c.id, MOVEMENT.c.reference_lower, MOVEMENT.c.amount).where(*naming)
-            .order_by(MOVEMENT.c.id)):
+            select(m.id, m.reference_lower, m.amount).where(*naming).order_by(m.id)):
         money[ref].append((movement_id, amount))
     if not money:
         return
-    flows = _latest_flows(session, id_dominio=id_dominio, named=select(MOVEMENT.c.reference_lower).where(*naming))
+    flows = _latest_flows(session, id_dominio=id_dominio, named=select(m.reference_lower).where(*naming))
     rows = []
     for ref, parts in money.items():
         total = sum((amount for _, amount in parts), Decimal("0.00"))
@@ -235,10 +235,10 @@ def _decide_flows(session: Session, decided: Table, *, id_dominio: str, summary:
         match_state = MovementMatch.MATCHED if decision.outcome == "MATCH" else (
             MovementMatch.PARTIAL if decision.outcome == "WAIT" and flow is not None and total
             else MovementMatch.UNMATCHED)
-        for movement_id, _ in parts:
-            rows.append(_decision_row(movement_id, kind="flow", amount=total, decision=decision, flow=flow, iuv=None,
-                                      match_state=match_state, unknown=flow is None,
-                                      flow_mismatch=flow is not None and decision.label == Label.IUF_TES_DIV_IMP))
+        mismatch = flow is not None and decision.label == Label.IUF_TES_DIV_IMP
+        rows += [_decision_row(movement_id, kind="flow", amount=total, decision=decision, flow=flow, iuv=None,
+                               match_state=match_state, unknown=flow is None, flow_mismatch=mismatch)
+                 for movement_id, _ in parts]
     session.execute(insert(decided), rows)
     _analyze(session, decided)
 
@@ -246,31 +246,32 @@ def _decide_flows(session: Session, decided: Table, *, id_dominio: str, summary:
 def _decision_row(movement_id: int, *, kind: str, amount: Decimal, decision: Decision, flow: FlowFacts | None,
                   iuv: str | None, match_state: str, unknown: bool, flow_mismatch: bool) -> dict[str, Any]:
     return {"movement_id": movement_id, "kind": kind, "external_id": f"TES-{movement_id}", "amount": amount,
-            "flow_id": flow.flow_id if flow else None, "id_flusso": flow.id_flusso if flow else None, "iuv": iuv,
-            "state": _STATE[decision.outcome], "outcome_code": decision.code,
+            "flow_id": flow.flow_id if flow else None, "id_flusso": flow.id_flusso if flow else None,
+            "iuv": iuv, "state": _STATE[decision.outcome], "outcome_code": decision.code,
             "description": decision.description[:500], "match_state": match_state, "unknown": unknown,
             "flow_mismatch": flow_mismatch}
 
 
-def _write_reconciliations(session: Session, decided: Table, *, id_dominio: str, kind: str, now: datetime) -> None:
-    """One riconciliazione per movement: its outcome, upserted (a re-run that decides the same writes nothing).
+def _write_reconciliations(session: Session, decided: Table, *, id_dominio: str, kind: str,
+                           now: datetime) -> None:
+    """One riconciliazione per movement: its outcome, upserted (a run that decides the same writes nothing).
 
     A row the API Ragioneria created for the movement keeps its id and request; ``processed_at`` moves only
     when the state, the code or the flow changes.
     """
     d, r = decided.c, RECONCILIATION.c
     ts = literal(now, UTCDateTime())
-    decided_again = (r.movement_id == d.movement_id, d.kind == kind)
+    of_movement = (r.movement_id == d.movement_id, d.kind == kind)
     changed = or_(*(r[name].is_distinct_from(d[name]) for name in ("state", "outcome_code", "flow_id")))
     retold = or_(*(r[name].is_distinct_from(d[name]) for name in ("description", "id_flusso", "iuv")))
     session.execute(
-        update(RECONCILIATION).where(*decided_again, or_(changed, retold))
+        update(RECONCILIATION).where(*of_movement, or_(changed, retold))
         .values(state=d.state, outcome_code=d.outcome_code, description=d.description, flow_id=d.flow_id,
                 id_flusso=d.id_flusso, iuv=d.iuv, processed_at=case((changed, ts), else_=r.processed_at)))
     columns = ["id_dominio", "external_id", "movement_id", "amount", "flow_id", "id_flusso", "iuv", "state",
                "outcome_code", "description", "created_at", "processed_at"]
-    new = select(literal(id_dominio, String), d.external_id, d.movement_id, d.amount, d.flow_id, d.id_flusso, d.iuv,
-                 d.state, d.outcome_code, d.description, ts, ts).where(
+    new = select(literal(id_dominio, String), d.external_id, d.movement_id, d.amount, d.flow_id, d.id_flusso,
+                 d.iuv, d.state, d.outcome_code, d.description, ts, ts).where(
         d.kind == kind, ~exists().where(r.movement_id == d.movement_id))
     # a riconciliazione the API writes for the same movement meanwhile wins; the next run decides it
     session.execute(_insert(session, RECONCILIATION).from_select(columns, new)
@@ -283,17 +284,18 @@ def _apply_flows(session: Session, decided: Table, *, id_dominio: str, now: date
     d, c, ln, f = decided.c, COLLECTION.c, LINE.c, FLOW.c
     ts = literal(now, UTCDateTime())
     cashing = select(d.flow_id).where(d.state == ReconciliationState.ACQUISITO, d.flow_id.is_not(None))
-    marked = session.execute(update(FLOW).where(f.id_dominio == id_dominio, not_(f.reconciled), f.id.in_(cashing))
-                             .values(reconciled=True)).rowcount
-    marked += session.execute(update(FLOW).where(f.id_dominio == id_dominio, f.reconciled, f.id.not_in(cashing))
-                              .values(reconciled=False)).rowcount
+    marked = session.execute(update(FLOW).where(f.id_dominio == id_dominio, not_(f.reconciled),
+                                                f.id.in_(cashing)).values(reconciled=True)).rowcount
+    marked += session.execute(update(FLOW).where(f.id_dominio == id_dominio, f.reconciled,
+                                                 f.id.not_in(cashing)).values(reconciled=False)).rowcount
     _fresh_statistics(session, FLOW, changed=marked)
     lines_of_cashed = LINE.join(FLOW, f.id == ln.flow_id)
     cashed_flow = (f.id_dominio == id_dominio, f.reconciled)
     # lines paid without a receipt (outcome 8/9, or a known debt whose receipt never came) become collections
-    orphans = select(literal(id_dominio, String), ln.iuv, ln.iur, ln.transfer_index, ln.amount, ln.id, ln.position_id,
-                     true(), literal(CollectionState.RISCOSSA, String), ts).select_from(lines_of_cashed).where(
-        *cashed_flow, ln.collection_id.is_(None), ln.outcome.in_([8, 9]), ln.state != LineState.ALTRO_INTERMEDIARIO)
+    orphans = select(literal(id_dominio, String), ln.iuv, ln.iur, ln.transfer_index, ln.amount, ln.id,
+                     ln.position_id, true(), literal(CollectionState.RISCOSSA, String), ts).select_from(
+        lines_of_cashed).where(*cashed_flow, ln.collection_id.is_(None), ln.outcome.in_([8, 9]),
+                               ln.state != LineState.ALTRO_INTERMEDIARIO)
     created = session.execute(
         _insert(session, COLLECTION)
         .from_select(["id_dominio", "iuv", "iur", "transfer_index", "amount", "flow_line_id", "position_id",
@@ -303,12 +305,14 @@ def _apply_flows(session: Session, decided: Table, *, id_dominio: str, now: date
     ).all()
     summary.without_receipt = len(created)
     if created:
-        session.execute(update(LINE).where(ln.id == bindparam("line")).values(collection_id=bindparam("created")),
+        session.execute(update(LINE).where(ln.id == bindparam("line"))
+                        .values(collection_id=bindparam("created")),
                         [{"line": line_id, "created": collection_id} for collection_id, line_id in created])
-    # each collection of a cashed flow takes the first movement that cashed it, joined once, not looked up per row
+    # each collection of a cashed flow takes the first movement that cashed it: joined once, not per row
     r = RECONCILIATION.c
     first = (select(r.flow_id, func.min(r.movement_id).label("movement_id"))
-             .where(r.id_dominio == id_dominio, r.state == ReconciliationState.ACQUISITO, r.flow_id.is_not(None))
+             .where(r.id_dominio == id_dominio, r.state == ReconciliationState.ACQUISITO,
+                    r.flow_id.is_not(None))
              .group_by(r.flow_id).subquery("first_movement"))
     cashed_lines = (select(ln.id.label("line_id"), first.c.movement_id)
                     .select_from(lines_of_cashed.outerjoin(first, first.c.flow_id == ln.flow_id))
@@ -320,8 +324,8 @@ def _apply_flows(session: Session, decided: Table, *, id_dominio: str, now: date
     summary.collections_cashed = int(session.execute(cash).rowcount or 0)
     in_cashed_flow = exists().where(ln.id == c.flow_line_id, f.id == ln.flow_id, *cashed_flow)
     uncash = (update(COLLECTION)
-              .where(c.id_dominio == id_dominio, c.state == CollectionState.INCASSATA, c.flow_line_id.is_not(None),
-                     ~in_cashed_flow)
+              .where(c.id_dominio == id_dominio, c.state == CollectionState.INCASSATA,
+                     c.flow_line_id.is_not(None), ~in_cashed_flow)
               .values(state=CollectionState.RISCOSSA, cashed_at=None, movement_id=None))
     _fresh_statistics(session, COLLECTION, changed=summary.collections_cashed)
     summary.collections_uncashed = int(session.execute(uncash).rowcount or 0)
@@ -331,18 +335,18 @@ def _apply_flows(session: Session, decided: Table, *, id_dominio: str, now: date
 def _apply_singles(session: Session, decided: Table, *, id_dominio: str, now: datetime,
                    summary: ReconcileSummary) -> None:
     """Decide the money naming one IUV (/RFB/, /RFS/) against what was paid for it, and cash it."""
-    naming = (MOVEMENT.c.id_dominio == id_dominio, MOVEMENT.c.reference_kind == "iuv",
-              MOVEMENT.c.match_state != MovementMatch.NOT_PAGOPA)
-    singles = session.execute(select(MOVEMENT.c.id, MOVEMENT.c.reference_lower, MOVEMENT.c.amount).where(*naming)
-                              .order_by(MOVEMENT.c.id)).all()
+    c, m = COLLECTION.c, MOVEMENT.c
+    naming = (m.id_dominio == id_dominio, m.reference_kind == "iuv",
+              m.match_state != MovementMatch.NOT_PAGOPA)
+    singles = session.execute(select(m.id, m.reference_lower, m.amount).where(*naming).order_by(m.id)).all()
     if not singles:
         return
-    c = COLLECTION.c
     known: set[str] = set()
     paid: dict[str, tuple[Decimal, list[int]]] = {}
     for iuv, amount, collection_id, with_receipt in session.execute(
             select(func.lower(c.iuv), c.amount, c.id, c.receipt_pk.is_not(None))
-            .where(c.id_dominio == id_dominio, func.lower(c.iuv).in_(select(MOVEMENT.c.reference_lower).where(*naming)))
+            .where(c.id_dominio == id_dominio,
+                   func.lower(c.iuv).in_(select(m.reference_lower).where(*naming)))
             .order_by(c.id)):
         known.add(iuv)
         if with_receipt:
@@ -353,9 +357,9 @@ def _apply_singles(session: Session, decided: Table, *, id_dominio: str, now: da
         total, ids = paid.get(ref or "", (None, []))
         decision = decide_single(money=amount, paid=total)
         matched = decision.outcome == "MATCH"
-        rows.append(_decision_row(movement_id, kind="iuv", amount=amount, decision=decision, flow=None, iuv=ref,
-                                  match_state=MovementMatch.MATCHED if matched else MovementMatch.UNMATCHED,
-                                  unknown=ref not in known, flow_mismatch=False))
+        state = MovementMatch.MATCHED if matched else MovementMatch.UNMATCHED
+        rows.append(_decision_row(movement_id, kind="iuv", amount=amount, decision=decision, flow=None,
+                                  iuv=ref, match_state=state, unknown=ref not in known, flow_mismatch=False))
         if matched:
             summary.singles_cashed += 1
             cash += [{"collection": collection_id, "movement": movement_id} for collection_id in ids]
@@ -364,19 +368,21 @@ def _apply_singles(session: Session, decided: Table, *, id_dominio: str, now: da
     _write_reconciliations(session, decided, id_dominio=id_dominio, kind="iuv", now=now)
     if cash:
         # in movement order: of two transfers for one IUV, the first cashes it
-        session.execute(update(COLLECTION).where(c.id == bindparam("collection"), c.state == CollectionState.RISCOSSA)
-                        .values(state=CollectionState.INCASSATA, cashed_at=now, movement_id=bindparam("movement")),
-                        cash)
+        session.execute(update(COLLECTION).where(c.id == bindparam("collection"),
+                                                 c.state == CollectionState.RISCOSSA)
+                        .values(state=CollectionState.INCASSATA, cashed_at=now,
+                                movement_id=bindparam("movement")), cash)
 
 
 def _apply_positions(session: Session, *, id_dominio: str, now: datetime) -> None:
-    """A position is INCASSATA when it has collections and all of them are; back to ESEGUITA when one is not."""
+    """A position is INCASSATA when it has collections and all are; back to ESEGUITA when one is not."""
     c, p = COLLECTION.c, POSITION.c
     cashed = select(c.position_id).where(c.id_dominio == id_dominio, c.state == CollectionState.INCASSATA)
-    uncashed = exists().where(c.position_id == p.id, c.id_dominio == id_dominio, c.state != CollectionState.INCASSATA)
+    uncashed = exists().where(c.position_id == p.id, c.id_dominio == id_dominio,
+                              c.state != CollectionState.INCASSATA)
     # the two sets are disjoint; taking back first reads only positions cashed before this run
-    session.execute(update(POSITION).where(p.id_dominio == id_dominio, p.state == PositionState.INCASSATA, uncashed)
-                    .values(state=PositionState.ESEGUITA, cashed_at=None))
+    session.execute(update(POSITION).where(p.id_dominio == id_dominio, p.state == PositionState.INCASSATA,
+                                           uncashed).values(state=PositionState.ESEGUITA, cashed_at=None))
     session.execute(update(POSITION).where(
         p.id_dominio == id_dominio, p.state.in_([PositionState.ESEGUITA, PositionState.NON_ESEGUITA]),
         p.id.in_(cashed), ~uncashed,
@@ -386,7 +392,8 @@ def _apply_positions(session: Session, *, id_dominio: str, now: datetime) -> Non
 
 def _suggest(session: Session, *, id_dominio: str, now: datetime) -> int:
     """Propose flows for credits without a usable remittance (an operator confirms or rejects)."""
-    known_flow = exists().where(ReportingFlow.id_dominio == id_dominio, ReportingFlow.state != FlowState.OBSOLETA,
+    known_flow = exists().where(ReportingFlow.id_dominio == id_dominio,
+                                ReportingFlow.state != FlowState.OBSOLETA,
                                 ReportingFlow.id_flusso_lower == TreasuryMovement.reference_lower)
     # credits with no usable remittance, or naming a flow id we do not have (often a cut or mangled id)
     loose = session.execute(
@@ -402,7 +409,8 @@ def _suggest(session: Session, *, id_dominio: str, now: datetime) -> int:
     candidates: dict[Decimal, list[Candidate]] = defaultdict(list)
     for f in session.execute(select(ReportingFlow).where(
             ReportingFlow.id_dominio == id_dominio, not_(ReportingFlow.reconciled),
-            ReportingFlow.state != FlowState.OBSOLETA, col(ReportingFlow.total_amount).in_(amounts))).scalars():
+            ReportingFlow.state != FlowState.OBSOLETA,
+            col(ReportingFlow.total_amount).in_(amounts))).scalars():
         candidates[f.total_amount].append(Candidate(f.id or 0, f.total_amount, f.settlement_date, f.psp_name,
                                                     f.psp_id, f.settlement_ref, f.id_flusso))
     rows = []
@@ -411,11 +419,14 @@ def _suggest(session: Session, *, id_dominio: str, now: datetime) -> int:
             score, reasons = suggestion_score(
                 amount=m.amount, value_date=m.value_date, ordering_party=m.ordering_party,
                 references=(m.bank_reference, m.end_to_end_id, m.remittance),
-                partial_reference=m.reference if m.reference_kind in ("truncated", "flow") else None, candidate=c)
+                partial_reference=m.reference if m.reference_kind in ("truncated", "flow") else None,
+                candidate=c)
             if score > 0:
                 rows.append({"movement_id": m.id, "flow_id": c.flow_id, "score": round(score, 3),
                              "reasons": reasons, "state": SuggestionState.PROPOSED, "created_at": now})
-    return insert_ignore(session, model=MatchSuggestion, rows=rows, keys=("movement_id", "flow_id")) if rows else 0
+    if not rows:
+        return 0
+    return insert_ignore(session, model=MatchSuggestion, rows=rows, keys=("movement_id", "flow_id"))
 
 
 @dataclass(frozen=True)
@@ -448,7 +459,8 @@ def _families(decided: Table, *, id_dominio: str) -> list[_Family]:
                            m.reference_lower == f.id_flusso_lower)
     return [
         _Family("collection", Label.RT_NO_IUF, COLLECTION, c.id, transfer,
-                (in_ec, c.receipt_pk.is_not(None), c.flow_line_id.is_(None), c.state == CollectionState.RISCOSSA)),
+                (in_ec, c.receipt_pk.is_not(None), c.flow_line_id.is_(None),
+                 c.state == CollectionState.RISCOSSA)),
         _Family("collection", Label.RT_IUF, COLLECTION, c.id, transfer,
                 (in_ec, c.receipt_pk.is_not(None), c.flow_line_id.is_not(None))),
         _Family("collection", Label.RT_IUF_TES, COLLECTION, c.id, transfer,
@@ -471,7 +483,7 @@ def _families(decided: Table, *, id_dominio: str) -> list[_Family]:
 
 
 def _relabel(session: Session, decided: Table, *, id_dominio: str, now: datetime) -> dict[str, int]:
-    """Bring the EC's labels to those its current state implies: drop the stale, add the missing, keep the rest.
+    """Bring the EC's labels to those its state implies: drop the stale, add the missing, keep the rest.
 
     A label whose copied values changed (a reported transfer gets its movement) is dropped and added again.
     ``updated_at`` says since when a label holds as it is.
@@ -481,15 +493,16 @@ def _relabel(session: Session, decided: Table, *, id_dominio: str, now: datetime
     families = _families(decided, id_dominio=id_dominio)
     for family in families:
         same = (t.id_dominio == id_dominio, t.subject == family.subject, t.label == family.label)
+        same_values = (value.is_not_distinct_from(t[name])
+                       for name, value in zip(_PAYLOAD, family.payload, strict=True))
         still = (select(literal(1)).select_from(family.source)
-                 .where(*family.conditions, family.key == cast(t.subject_key, Integer),
-                        *(value.is_not_distinct_from(t[name]) for name, value in zip(_PAYLOAD, family.payload,
-                                                                                    strict=True))))
+                 .where(*family.conditions, family.key == cast(t.subject_key, Integer), *same_values))
         dropped = session.execute(delete(LABEL).where(*same, ~still.exists())).rowcount
         _fresh_statistics(session, LABEL, changed=dropped)
         held = LABEL.alias("held")
         missing = ~exists().where(held.c.id_dominio == id_dominio, held.c.subject == family.subject,
-                                  held.c.label == family.label, held.c.subject_key == cast(family.key, String))
+                                  held.c.label == family.label,
+                                  held.c.subject_key == cast(family.key, String))
         added = session.execute(insert(LABEL).from_select(columns, select(
             literal(id_dominio, String), literal(family.subject, String), cast(family.key, String),
             literal(family.label, String), *family.payload, literal(now, UTCDateTime()),
@@ -502,11 +515,13 @@ def _relabel(session: Session, decided: Table, *, id_dominio: str, now: datetime
         if (subject, label) in kinds:
             counts[label] += int(n)
         else:  # a kind of label no family gives (left by an older version): it goes too
-            session.execute(delete(LABEL).where(t.id_dominio == id_dominio, t.subject == subject, t.label == label))
+            session.execute(delete(LABEL).where(t.id_dominio == id_dominio, t.subject == subject,
+                                                t.label == label))
     return dict(counts)
 
 
-def confirm_suggestion(session: Session, *, suggestion_id: int, operator: str, accept: bool) -> MatchSuggestion:
+def confirm_suggestion(session: Session, *, suggestion_id: int, operator: str,
+                       accept: bool) -> MatchSuggestion:
     """An operator's decision: a confirmed match makes the movement name the flow (the next run cashes it)."""
     suggestion = session.get(MatchSuggestion, suggestion_id)
     if suggestion is None:
