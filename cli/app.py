@@ -13,7 +13,6 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.positions import positions_app
-
 from cli.report import report_app
 
 app = typer.Typer(help="pagoflow: a pagoPA intermediary platform on Prefect.", no_args_is_help=True,
@@ -270,17 +269,19 @@ def serve(
 
 @app.command("demo")
 def demo(
-    workdir: Annotated[Path, typer.Option(help="Folder of the demo's database, files and Prefect server.")] = Path(
-        "var/demo"),
+    workdir: Annotated[
+        Path, typer.Option(help="Folder of the demo's database, files and Prefect server.")
+    ] = Path("var/demo"),
     positions: Annotated[int, typer.Option(help="Positions in the bulk file.")] = 2000,
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 2026,
 ) -> None:
-    """The main job on the embedded default: a whole day of an intermediary against the local pagoPA sandbox."""
+    """The main job on the embedded default: a whole day of an intermediary against the pagoPA sandbox."""
     from cli.demo import run_demo
 
     started = time.monotonic()
     result = run_demo(workdir=workdir, positions=positions, seed=seed, console=console)
-    console.print(f"\n[bold]Done in {time.monotonic() - started:.0f} s.[/bold] Database: {result.workdir / 'pagoflow.db'}")
+    console.print(f"\n[bold]Done in {time.monotonic() - started:.0f} s.[/bold] "
+                  f"Database: {result.workdir / 'pagoflow.db'}")
     table = Table(title="The day per EC", title_justify="left")
     for column in ("EC", "positions", "receipts", "paid", "flows", "money", "cashed", "anomalies"):
         table.add_column(column)
@@ -288,11 +289,15 @@ def demo(
         table.add_row(f["name"], str(f["positions"]), str(f["receipts"]), str(f["paid"]), str(f["flows"]),
                       str(f["money"]), str(f["cashed"]), str(f["anomalies"]))
     console.print(table)
-    for report in result.reports:
-        console.print(f"report: {report}", highlight=False)
+    if result.reports:
+        console.print(f"Reconciliation reports (HTML, CSV, PDF; prospetto riscossioni in CSV, PDF) in "
+                      f"{result.workdir / 'reports'}:", highlight=False)
+        for report in result.reports:
+            if report.endswith(".html"):
+                console.print(f"  {report}", highlight=False)
     if result.prefect_home:
-        console.print(f"Prefect UI on these runs: PREFECT_HOME={result.prefect_home} .venv/bin/prefect server start"
-                      "  then open http://127.0.0.1:4200", highlight=False)
+        console.print(f"Prefect UI on these runs: PREFECT_HOME={result.prefect_home} "
+                      ".venv/bin/prefect server start  then open http://127.0.0.1:4200", highlight=False)
     console.print(f"Event journal: PAGOFLOW_DATABASE_URL=sqlite:///{result.workdir / 'pagoflow.db'} "
                   ".venv/bin/pagoflow journal --date " + __import__("datetime").date.today().isoformat(),
                   highlight=False)

@@ -1,10 +1,10 @@
 """`pagoflow demo`: the whole day of an intermediary on the embedded default, in one command.
 
-It starts a Prefect server (SQLite, under the demo folder), the local pagoPA sandbox, the platform's web process
-(API and station), the treasury bank's SFTP server and an application's notification endpoint, all on loopback;
-loads a bulk file, publishes, lets the sandbox PSPs pay (with a double payment, an expired notice and faults),
-settles the day, downloads the flows, ingests the treasury journal, reconciles, notifies and writes the reports;
-then stops everything it started.
+It starts a Prefect server (SQLite, under the demo folder), the local pagoPA sandbox, the platform's web
+process (API and station), the treasury bank's SFTP server and an application's notification endpoint, all
+on loopback; loads a bulk file, publishes, lets the sandbox PSPs pay (with a double payment, an expired
+notice and faults), settles the day, downloads the flows, ingests the treasury journal, reconciles, notifies
+and writes the reports; then stops everything it started.
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ class DemoResult:
     counts: dict[str, Any] = field(default_factory=dict)
     reports: list[str] = field(default_factory=list)
     prefect_home: Path | None = None
+    # what the sandbox (pagoPA's side) answered: the payments (``pay-batch``) and the settlement (``settle``)
+    sandbox: dict[str, Any] = field(default_factory=dict)
 
 
 def sandbox_endpoints(url: str) -> dict[str, str]:
@@ -71,14 +73,15 @@ def sandbox_endpoints(url: str) -> dict[str, str]:
 
 def write_bulk_file(path: Path, *, count: int, seed: int) -> list[str]:
     """A GovPay-layout CSV of ``count`` positions (TARI of the Comune, one in ten MENSA of the school)."""
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - demo data, reproducible by design
     due = (date.today() + timedelta(days=30)).isoformat()
-    header = ["idA2A", "idPendenza", "idDominio", "numeroAvviso", "tipoPendenza", "idUnitaOperativa", "causale",
-              "annoRiferimento", "cartellaPagamento", "datiAllegati", "direzione", "divisione", "importo",
-              "dataValidita", "dataScadenza", "tassonomiaAvviso", "tipoSoggettoPagatore", "identificativoPagatore",
-              "anagraficaPagatore", "indirizzo", "civico", "cap", "localita", "provincia", "nazione", "email",
-              "cellulare", "idVoce1", "importoVoce1", "descrizioneVoce1", "ibanAccredito1", "tipoEntrata1",
-              "tipoBollo1", "ibanAppoggio1", "tipoContabilita1", "codiceContabilita1", "hashBollo1", "provinciaBollo1"]
+    header = ["idA2A", "idPendenza", "idDominio", "numeroAvviso", "tipoPendenza", "idUnitaOperativa",
+              "causale", "annoRiferimento", "cartellaPagamento", "datiAllegati", "direzione", "divisione",
+              "importo", "dataValidita", "dataScadenza", "tassonomiaAvviso", "tipoSoggettoPagatore",
+              "identificativoPagatore", "anagraficaPagatore", "indirizzo", "civico", "cap", "localita",
+              "provincia", "nazione", "email", "cellulare", "idVoce1", "importoVoce1", "descrizioneVoce1",
+              "ibanAccredito1", "tipoEntrata1", "tipoBollo1", "ibanAppoggio1", "tipoContabilita1",
+              "codiceContabilita1", "hashBollo1", "provinciaBollo1"]
     ids = []
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, delimiter=";")
@@ -87,15 +90,15 @@ def write_bulk_file(path: Path, *, count: int, seed: int) -> list[str]:
             amount = f"{rng.randint(1000, 40000) / 100:.2f}"
             ids.append(f"DEMO-{n:05d}")
             if n % 10 == 9:
-                row = ["A2A-SCUOLA", f"DEMO-{n:05d}", SCUOLA, "", "MENSA", "", f"Mensa scolastica {n}", "2026", "",
-                       "", "", "", amount, "", due, "", "F", "VRDLGU10A01H501X", f"Alunno {n}", "", "", "", "",
-                       "", "", "", "", "V1", amount, "Mensa", "IT65X0306909606000000654321", "", "", "", "ALTRO",
-                       "MENSA", "", ""]
+                row = ["A2A-SCUOLA", f"DEMO-{n:05d}", SCUOLA, "", "MENSA", "", f"Mensa scolastica {n}",
+                       "2026", "", "", "", "", amount, "", due, "", "F", "VRDLGU10A01H501X", f"Alunno {n}",
+                       "", "", "", "", "", "", "", "", "V1", amount, "Mensa", "IT65X0306909606000000654321",
+                       "", "", "", "ALTRO", "MENSA", "", ""]
             else:
-                row = ["A2A-TRIBUTI", f"DEMO-{n:05d}", COMUNE, "", "TARI", "", f"TARI 2026 utenza {n}", "2026", "",
-                       "", "", "", amount, "", due, "", "F", "RSSMRA80A01H501U", f"Contribuente {n}", "Via Roma",
-                       str(n % 200 + 1), "00100", "Roma", "RM", "IT", "", "", "V1", amount, "Tassa rifiuti", "",
-                       "TARI", "", "", "", "", "", ""]
+                row = ["A2A-TRIBUTI", f"DEMO-{n:05d}", COMUNE, "", "TARI", "", f"TARI 2026 utenza {n}",
+                       "2026", "", "", "", "", amount, "", due, "", "F", "RSSMRA80A01H501U",
+                       f"Contribuente {n}", "Via Roma", str(n % 200 + 1), "00100", "Roma", "RM", "IT", "", "",
+                       "V1", amount, "Tassa rifiuti", "", "TARI", "", "", "", "", "", ""]
             writer.writerow(row)
     return ids
 
@@ -117,7 +120,7 @@ def _prefect_server(home: Path, console: Console) -> Iterator[str]:
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/api"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # a new server's database: 20 s on two idle cores, minutes if busy
         while True:
             try:
                 if httpx.get(f"{url}/health", timeout=2).status_code == 200:
@@ -162,14 +165,16 @@ def _notification_receiver() -> tuple[Any, list[str]]:
         received.append(request.path_params["iuv"])
         return JSONResponse({"esito": "OK"})
 
-    app = Starlette(routes=[Route("/govpay-ente/ricevute/{id_dominio}/{iuv}/{id_ricevuta}", receive, methods=["PUT"])])
+    app = Starlette(routes=[Route("/govpay-ente/ricevute/{id_dominio}/{iuv}/{id_ricevuta}", receive,
+                                  methods=["PUT"])])
     return app, received
 
 
 def _serve(app: Any, port: int) -> tuple[Any, threading.Thread]:
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -234,7 +239,6 @@ def _run_stages(result: DemoResult, *, workdir: Path, positions: int, seed: int,
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # clients hanging up are not news here
     from sandbox.server import start_in_thread
     from sandbox.sftp import SandboxSftpServer
-    from web.app import create_app
 
     upgrade()
     sandbox = start_in_thread(seed=seed)
@@ -252,13 +256,13 @@ def _run_stages(result: DemoResult, *, workdir: Path, positions: int, seed: int,
 
         apply_registry_file(_registry(workdir, sftp_port=bank.port, known_hosts=known_hosts,
                                       notify_url=f"http://127.0.0.1:{notify_port}/govpay-ente"))
-        servers.append(_serve(create_app(), web_port))
-        station = f"http://127.0.0.1:{web_port}/pagopa/paForNode"
-        _configure_sandbox(sandbox.url, station=station, bank=workdir / "bank")
-        with Progress(TextColumn("{task.description:<34}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                      TimeElapsedColumn(), console=console) as progress:
-            _pipeline(result, progress=progress, sandbox_url=sandbox.url, workdir=workdir, positions=positions,
-                      seed=seed, faults=faults)
+        with _web_process(web_port, log=workdir / "web.log"):
+            station = f"http://127.0.0.1:{web_port}/pagopa/paForNode"
+            _configure_sandbox(sandbox.url, station=station, bank=workdir / "bank")
+            with Progress(TextColumn("{task.description:<38}"), BarColumn(bar_width=10), TimeElapsedColumn(),
+                          TextColumn("{task.fields[info]}"), console=console) as progress:
+                _pipeline(result, progress=progress, sandbox_url=sandbox.url, workdir=workdir,
+                          positions=positions, seed=seed, faults=faults)
         result.counts["notifications received by the application"] = len(notified)
     finally:
         for server, thread in servers:
@@ -268,13 +272,45 @@ def _run_stages(result: DemoResult, *, workdir: Path, positions: int, seed: int,
         sandbox.stop()
 
 
+@contextmanager
+def _web_process(port: int, *, log: Path) -> Iterator[None]:
+    """The platform's web process (API and station) in a process of its own, as in production.
+
+    The sandbox's PSPs pay through it: in a thread of this process the station and the sandbox would share one
+    interpreter lock, and the payments would take twice as long on two cores.
+    """
+    out = log.open("wb")
+    proc = subprocess.Popen(  # noqa: S603 - this interpreter running uvicorn on our app
+        [sys.executable, "-m", "uvicorn", "--factory", "web.app:create_app", "--host", "127.0.0.1", "--port",
+         str(port), "--log-level", "warning", "--no-access-log"],
+        cwd=ROOT, env=dict(os.environ), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the web process did not start (see {log})")
+            time.sleep(0.2)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        out.close()
+
+
 def _configure_sandbox(url: str, *, station: str, bank: Path) -> None:
-    stations = [{"idStation": sid, "idBroker": "77777777777", "password": f"pwd{sid[-2:]}Station", "url": station,
-                 "version": 2, "headers": {"Ocp-Apim-Subscription-Key": STATION_KEY}}
+    stations = [{"idStation": sid, "idBroker": "77777777777", "password": f"pwd{sid[-2:]}Station",
+                 "url": station, "version": 2, "headers": {"Ocp-Apim-Subscription-Key": STATION_KEY}}
                 for sid in ("77777777777_01", "77777777777_02")]
     creditors = [
-        {"fiscalCode": COMUNE, "name": "Comune di Esempio", "idStation": "77777777777_01", "idBroker": "77777777777",
-         "iban": "IT21X0306909606000000123456", "treasuryFormat": "opi", "treasuryDir": str(bank / COMUNE)},
+        {"fiscalCode": COMUNE, "name": "Comune di Esempio", "idStation": "77777777777_01",
+         "idBroker": "77777777777", "iban": "IT21X0306909606000000123456", "treasuryFormat": "opi",
+         "treasuryDir": str(bank / COMUNE)},
         {"fiscalCode": SCUOLA, "name": "Istituto Comprensivo Dimostrativo", "idStation": "77777777777_02",
          "idBroker": "77777777777", "iban": "IT65X0306909606000000654321", "treasuryFormat": "opi",
          "treasuryDir": str(bank / SCUOLA)},
@@ -329,14 +365,18 @@ def _pipeline(result: DemoResult, *, progress: Progress, sandbox_url: str, workd
     result.counts["publication"] = published
 
     t = stage("citizens pay at the PSPs (sandbox)")
-    navs = _payable(limit=int(positions * 0.85))
-    batch = [{"noticeNumber": nav, "fiscalCode": ec} for ec, nav in navs]
+    navs = _payable(limit=int(positions * 0.85) + 1)
+    batch = [{"noticeNumber": nav, "fiscalCode": ec} for ec, nav in navs[:-1]]
     if batch:
         batch[0]["times"] = 2  # one notice paid twice by two PSPs
     paid = httpx.post(f"{sandbox_url}/sandbox/pay-batch", json={"payments": batch, "concurrency": 8},
                       timeout=600).json()
-    progress.update(t, completed=1, info=f"{paid.get('ok')} paid, {paid.get('ko')} refused")
-    result.counts["payments"] = {"ok": paid.get("ok"), "ko": paid.get("ko")}
+    expired = _pay_too_late(sandbox_url, *navs[-1]) if len(navs) > len(batch) else None
+    progress.update(t, completed=1, info=f"{paid.get('ok')} paid, {paid.get('ko')} refused"
+                    + (f", 1 expired ({expired.get('faultCode')})" if expired else ""))
+    result.counts["payments"] = {"ok": paid.get("ok"), "ko": paid.get("ko"), "expired": int(bool(expired))}
+    result.sandbox["payments"] = paid.get("results", [])
+    result.sandbox["expired"] = expired
 
     t = stage("receipts and notifications")
     recovered = _converge(receipts)
@@ -346,9 +386,10 @@ def _pipeline(result: DemoResult, *, progress: Progress, sandbox_url: str, workd
     result.counts["notifications"] = notified
 
     t = stage("the PSPs settle the day (sandbox)")
-    settled = httpx.post(f"{sandbox_url}/sandbox/settle", json={"date": date.today().isoformat(), "seed": seed,
-                                                                 "noise": {"unrelated": 2}}, timeout=120).json()
+    settled = httpx.post(f"{sandbox_url}/sandbox/settle", timeout=120, json={
+        "date": date.today().isoformat(), "seed": seed, "noise": {"unrelated": 2}}).json()
     progress.update(t, completed=1, info=f"{len(settled.get('flows', []))} flows")
+    result.sandbox["settlement"] = settled
 
     t = stage("download reporting flows")
     downloaded = _converge(download_reporting_flows)
@@ -361,20 +402,22 @@ def _pipeline(result: DemoResult, *, progress: Progress, sandbox_url: str, workd
     result.counts["treasury"] = ingested
 
     httpx.delete(f"{sandbox_url}/sandbox/faults", timeout=10)
-    t = stage("reconcile")
-    reconciled = reconcile()
+    t = stage("reconcile and write the reports")
+    reconciled = reconcile()  # each EC's daily report and prospetto, under <workdir>/reports/<EC>/<date>/
     progress.update(t, completed=1, info=", ".join(f"{s['id_dominio']}: {s['flows_cashed']} flows cashed"
                                                     for s in reconciled if s["flows_cashed"]))
     result.counts["reconciliation"] = reconciled
-    result.reports.extend(_reports(workdir))
+    result.reports.extend(_reports(reconciled))
     with session_scope() as session:
         result.counts["figures"] = [f.__dict__ for f in ec_figures(session)]
 
 
-def _converge(run, *, done=None, total: str | None = None, attempts: int = 4, **kwargs: Any) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def _converge(run, *, done=None, total: str | None = None, attempts: int = 4,  # type: ignore[no-untyped-def]
+              **kwargs: Any) -> dict[str, Any]:
     """Run a flow until it completes and ``done`` holds, as its schedule would (every stage is idempotent).
 
-    ``total`` names a count to add up across the runs (e.g. positions published by the first and the second run).
+    ``total`` names a count to add up across the runs (e.g. positions published by the first and the second
+    run).
     """
     summed = 0
     result: dict[str, Any] = {}
@@ -389,6 +432,20 @@ def _converge(run, *, done=None, total: str | None = None, attempts: int = 4, **
     if total:
         result = {**result, total: summed}
     return result
+
+
+def _pay_too_late(sandbox_url: str, id_dominio: str, nav: str) -> dict[str, Any]:
+    """A citizen who takes too long: the PSP's outcome comes after the payment token expired (no receipt)."""
+    def expiry(seconds: float) -> None:
+        httpx.put(f"{sandbox_url}/sandbox/config", json={"node": {"tokenExpirySeconds": seconds}},
+                  timeout=10).raise_for_status()
+
+    expiry(0.5)
+    try:
+        return httpx.post(f"{sandbox_url}/sandbox/pay", json={"noticeNumber": nav, "fiscalCode": id_dominio,
+                                                             "outcomeDelay": 1.0}, timeout=60).json()
+    finally:
+        expiry(1800)
 
 
 def _count_published() -> int:
@@ -414,13 +471,9 @@ def _payable(*, limit: int) -> list[tuple[str, str]]:
     return [(ec, nav) for ec, nav in rows if nav]
 
 
-def _reports(workdir: Path) -> list[str]:
-    """Reconciliation reports, when the report module is installed."""
-    try:
-        from cli.report import write_daily_reports  # type: ignore[attr-defined]
-    except ImportError:
-        return []
-    return [str(p) for p in write_daily_reports(day=date.today())]
+def _reports(reconciled: list[dict[str, Any]]) -> list[str]:
+    """The report files the reconcile flow wrote, EC by EC (daily report in HTML, CSV, PDF; prospetto)."""
+    return [path for s in reconciled if s.get("reports") for path in sorted(s["reports"]["files"].values())]
 
 
 def _short(summary: Any) -> str:
