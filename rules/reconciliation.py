@@ -16,6 +16,7 @@ WRONG_AMOUNT = "021407"
 DUPLICATE_DIFFERENT = "021409"
 UNKNOWN_EC = "021410"
 FLOW_ALREADY_CASHED = "021413"
+PAYMENT_ALREADY_CASHED = "021406"
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,39 @@ def decide_flow(*, money: Decimal, flow: FlowFacts | None) -> Decision:
                         f"incassati {money} su {flow.total_amount}: in attesa di altri riversamenti")
     return Decision("ERROR", WRONG_AMOUNT, "IUF_TES_DIV_IMP",
                     f"incassati {money}, il flusso {flow.id_flusso} ne dichiara {flow.total_amount}")
+
+
+def split_repeats(parts: list[tuple[int, Decimal]], *, flow: FlowFacts | None
+                  ) -> tuple[list[tuple[int, Decimal]], list[int]]:
+    """The transfers naming one flow, in the order they reached the account: those summed, and those refused.
+
+    A credit that arrives when the money so far already equals the flow's total is another transfer for a
+    flow already cashed (GovPay refuses it with 021413): it is refused, and the first cashing stands. Integrative
+    or split transfers (the sum not yet reached) and reversals (negative) are summed.
+    """
+    if flow is None:
+        return parts, []
+    kept: list[tuple[int, Decimal]] = []
+    refused: list[int] = []
+    total = Decimal("0.00")
+    for movement_id, amount in parts:
+        if amount > 0 and total == flow.total_amount:
+            refused.append(movement_id)
+            continue
+        kept.append((movement_id, amount))
+        total += amount
+    return kept, refused
+
+
+def flow_already_cashed(flow: FlowFacts) -> Decision:
+    """The verdict on a transfer refused by ``split_repeats``: money the flow does not explain (its label)."""
+    return Decision("ERROR", FLOW_ALREADY_CASHED, "IUF_TES_DIV_IMP",
+                    f"il flusso {flow.id_flusso} risulta già incassato da un altro riversamento")
+
+
+def payment_already_cashed() -> Decision:
+    """The verdict on a second /RFB/ or /RFS/ transfer for an IUV an earlier transfer cashed (021406)."""
+    return Decision("ERROR", PAYMENT_ALREADY_CASHED, None, "pagamento già incassato da un altro riversamento")
 
 
 def decide_single(*, money: Decimal, paid: Decimal | None) -> Decision:

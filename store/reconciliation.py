@@ -60,7 +60,17 @@ from models.reconciliation import (
 from models.reporting import FlowState, LineState, ReportingFlow, ReportingLine
 from models.treasury import MovementMatch, TreasuryMovement
 from models.types import Money, UTCDateTime, utcnow
-from rules.reconciliation import Candidate, Decision, FlowFacts, decide_flow, decide_single, suggestion_score
+from rules.reconciliation import (
+    Candidate,
+    Decision,
+    FlowFacts,
+    decide_flow,
+    decide_single,
+    flow_already_cashed,
+    payment_already_cashed,
+    split_repeats,
+    suggestion_score,
+)
 from store.common import insert_ignore
 
 COLLECTION = Collection.__table__  # type: ignore[attr-defined]
@@ -109,6 +119,7 @@ def _decision_table() -> Table:
         Column("description", String(500)), Column("match_state", String(16), nullable=False),
         Column("unknown", Boolean, nullable=False),  # names a flow or IUV we do not have: TES_NO_IUF_OR_IUV
         Column("flow_mismatch", Boolean, nullable=False),  # its flow is anomalous or off: IUF_TES_DIV_IMP
+        Column("no_money", Boolean, nullable=False),  # the money naming its flow nets to 0.00: IUF_NO_TES
         prefixes=["TEMPORARY"],
     )
 
@@ -222,9 +233,10 @@ def _decide_flows(session: Session, decided: Table, *, id_dominio: str, summary:
         return
     flows = _latest_flows(session, id_dominio=id_dominio, named=select(m.reference_lower).where(*naming))
     rows = []
-    for ref, parts in money.items():
-        total = sum((amount for _, amount in parts), Decimal("0.00"))
+    for ref, transfers in money.items():
         flow = flows.get(ref)
+        parts, refused = split_repeats(transfers, flow=flow)
+        total = sum((amount for _, amount in parts), Decimal("0.00"))
         decision = decide_flow(money=total, flow=flow)
         if decision.outcome == "MATCH":
             summary.flows_cashed += 1
@@ -236,20 +248,29 @@ def _decide_flows(session: Session, decided: Table, *, id_dominio: str, summary:
             MovementMatch.PARTIAL if decision.outcome == "WAIT" and flow is not None and total
             else MovementMatch.UNMATCHED)
         mismatch = flow is not None and decision.label == Label.IUF_TES_DIV_IMP
-        rows += [_decision_row(movement_id, kind="flow", amount=total, decision=decision, flow=flow, iuv=None,
-                               match_state=match_state, unknown=flow is None, flow_mismatch=mismatch)
-                 for movement_id, _ in parts]
+        rows += [_decision_row(movement_id, kind="flow", amount=amount, decision=decision, flow=flow,
+                               iuv=None, match_state=match_state, unknown=flow is None,
+                               flow_mismatch=mismatch, no_money=flow is not None and total == 0)
+                 for movement_id, amount in parts]
+        if flow is not None and refused:  # another transfer for a flow already cashed: the flow is labelled
+            amounts = dict(transfers)
+            rows += [_decision_row(movement_id, kind="flow", amount=amounts[movement_id],
+                                   decision=flow_already_cashed(flow), flow=flow, iuv=None,
+                                   match_state=MovementMatch.UNMATCHED, unknown=False, flow_mismatch=True)
+                     for movement_id in refused]
     session.execute(insert(decided), rows)
     _analyze(session, decided)
 
 
 def _decision_row(movement_id: int, *, kind: str, amount: Decimal, decision: Decision, flow: FlowFacts | None,
-                  iuv: str | None, match_state: str, unknown: bool, flow_mismatch: bool) -> dict[str, Any]:
+                  iuv: str | None, match_state: str, unknown: bool, flow_mismatch: bool,
+                  no_money: bool = False) -> dict[str, Any]:
+    """A movement's verdict; ``amount`` is the movement's own (its riconciliazione's importo)."""
     return {"movement_id": movement_id, "kind": kind, "external_id": f"TES-{movement_id}", "amount": amount,
             "flow_id": flow.flow_id if flow else None, "id_flusso": flow.id_flusso if flow else None,
             "iuv": iuv, "state": _STATE[decision.outcome], "outcome_code": decision.code,
             "description": decision.description[:500], "match_state": match_state, "unknown": unknown,
-            "flow_mismatch": flow_mismatch}
+            "flow_mismatch": flow_mismatch, "no_money": no_money}
 
 
 def _write_reconciliations(session: Session, decided: Table, *, id_dominio: str, kind: str,
@@ -353,9 +374,14 @@ def _apply_singles(session: Session, decided: Table, *, id_dominio: str, now: da
             total, ids = paid.get(iuv, (Decimal("0.00"), []))
             paid[iuv] = (total + amount, [*ids, collection_id])
     rows, cash = [], []
+    cashed_by: set[str] = set()  # in movement order: of two transfers for one IUV, the first cashes it
     for movement_id, ref, amount in singles:
         total, ids = paid.get(ref or "", (None, []))
         decision = decide_single(money=amount, paid=total)
+        if decision.outcome == "MATCH" and (ref or "") in cashed_by:
+            decision = payment_already_cashed()
+        elif decision.outcome == "MATCH":
+            cashed_by.add(ref or "")
         matched = decision.outcome == "MATCH"
         state = MovementMatch.MATCHED if matched else MovementMatch.UNMATCHED
         rows.append(_decision_row(movement_id, kind="iuv", amount=amount, decision=decision, flow=None,
@@ -367,7 +393,6 @@ def _apply_singles(session: Session, decided: Table, *, id_dominio: str, now: da
     _analyze(session, decided)
     _write_reconciliations(session, decided, id_dominio=id_dominio, kind="iuv", now=now)
     if cash:
-        # in movement order: of two transfers for one IUV, the first cashes it
         session.execute(update(COLLECTION).where(c.id == bindparam("collection"),
                                                  c.state == CollectionState.RISCOSSA)
                         .values(state=CollectionState.INCASSATA, cashed_at=now,
@@ -457,6 +482,8 @@ def _families(decided: Table, *, id_dominio: str) -> list[_Family]:
     counted = (m.id_dominio == id_dominio, m.match_state != MovementMatch.NOT_PAGOPA)
     named = exists().where(m.id_dominio == id_dominio, m.reference_kind == "flow",
                            m.reference_lower == f.id_flusso_lower)
+    # money that named the flow and was reversed (it nets to 0.00): the flow is without money again
+    reversed_ = select(d.flow_id).where(d.no_money)
     return [
         _Family("collection", Label.RT_NO_IUF, COLLECTION, c.id, transfer,
                 (in_ec, c.receipt_pk.is_not(None), c.flow_line_id.is_(None),
@@ -471,7 +498,8 @@ def _families(decided: Table, *, id_dominio: str) -> list[_Family]:
                 (*live, ln.collection_id.is_(None), ln.state != LineState.ALTRO_INTERMEDIARIO)),
         _Family("line", Label.DOPPI, lines, ln.id, reported,
                 (*live, exists().where(twice.c.iuv == ln.iuv, twice.c.transfer_index == ln.transfer_index))),
-        _Family("flow", Label.IUF_NO_TES, FLOW, f.id, flow, (*live, not_(f.reconciled), ~named)),
+        _Family("flow", Label.IUF_NO_TES, FLOW, f.id, flow,
+                (*live, not_(f.reconciled), or_(~named, f.id.in_(reversed_)))),
         _Family("flow", Label.IUF_TES_DIV_IMP, FLOW, f.id, flow,
                 (*live, f.id.in_(select(d.flow_id).where(d.flow_mismatch)))),
         _Family("movement", Label.TES_NO_IUF_OR_IUV, MOVEMENT, m.id, money,

@@ -541,12 +541,6 @@ def test_every_get_answers_a_bad_parameter_with_021408_naming_it(sqlite_api: tup
         assert (pendenze.status_code, pendenze.json()["codice"]) == (400, "SINTASSI")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store.reconciliation sums every transfer naming a flow (a second one un-cashes the first: both "
-    "021407) and cashes an IUV once per /RFB/ transfer (both ACQUISITO); GovPay keeps the first and refuses "
-    "the later with 021413 / 021406. The API refuses them at submission; the journal's need a reconcile hook",
-)
 def test_a_second_journal_transfer_for_money_already_cashed_is_refused(
     sqlite_api: tuple[str, Database], tmp_path: Path
 ) -> None:

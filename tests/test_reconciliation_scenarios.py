@@ -390,6 +390,9 @@ def test_split_transfer_of_a_position_with_several_transfers(book: Book) -> None
     assert final.positions == {"a": ("INCASSATA", False)}
     assert len(final.movements) == 2 and sum(m[1] for m in final.movements) == Decimal("44.50")
     assert {m[3] for m in final.movements} == {"MATCHED"}
+    # one riconciliazione per transfer, each for its own amount (not the flow's total), both ACQUISITO
+    assert sorted((r[1], r[2]) for r in final.reconciliations) == sorted(
+        (m[1], "ACQUISITO") for m in final.movements)
 
 
 def test_multi_beneficiary_position_paid_with_integrative_transfers(book: Book) -> None:
@@ -410,6 +413,8 @@ def test_multi_beneficiary_position_paid_with_integrative_transfers(book: Book) 
                                                                        PROVINCIA: Decimal("25.40")}
     for ms in by_ec.values():  # paid short (TXT/0), completed by an integrative transfer (TXT/1)
         assert [(m[2], m[3], m[5]) for m in ms] == [("flow", "MATCHED", 0), ("flow", "MATCHED", 1)]
+    assert sorted(r[:3] for r in final.reconciliations) == sorted(
+        (m[0], m[1], "ACQUISITO") for m in final.movements)
 
 
 def test_amount_mismatch_is_never_cashed(book: Book) -> None:
@@ -456,13 +461,9 @@ def test_reversal_takes_the_cashing_back(book: Book) -> None:
     assert list(final.flows.values()) == [("ACCETTATA", False)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "store/reconciliation.py labels IUF_NO_TES only a flow that no movement names, and IUF_TES_DIV_IMP only "
-    "from decide_flow, which answers 'importo stornato' without a label when the money nets to 0.00: after "
-    "a storno the flow has no money left but no flow label at all (the transfer keeps only RT_IUF, 'normal "
-    "until the credit arrives'), so nothing tells the operator to ask the PSP for the transfer again"))
 def test_reversed_flow_is_labelled_as_a_flow_without_money(book: Book) -> None:
-    assert book.final("reversal").labels & {"IUF_NO_TES", "IUF_TES_DIV_IMP"}
+    # the flow's money was reversed: the flow is without money again, so the operator asks the PSP
+    assert book.final("reversal").labels == {"RT_IUF", "IUF_NO_TES"}
 
 
 def test_outcome_9_line_closes_the_debt_without_receipt(book: Book) -> None:
