@@ -39,6 +39,29 @@ def new_holder(label: str | None = None) -> str:
     return (f"{label}@{base}" if label else base)[:HOLDER_LENGTH]
 
 
+def holder_is_dead_here(holder: str | None) -> bool:
+    """Whether ``holder`` names a process of this host that no longer runs (killed, crashed).
+
+    Only a holder of this host can be judged; one of another host, or whose process runs (or whose pid was
+    reused by another process), is alive as far as we know and keeps its lease until ``claimed_until``.
+    """
+    if not holder:
+        return False
+    parts = holder.rsplit("@", 1)[-1].split(":")
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it runs, as another user
+        return False
+    return False
+
+
 def _is_pg(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
@@ -48,11 +71,17 @@ def claim_leases(
 ) -> list[str]:
     """Take the free leases among ``names`` (or renew those already ours) until ``now + lease``.
 
+    A lease is free when never taken, released, past ``claimed_until``, or held by a process of this host
+    that is gone (a run killed with -9 does not make the next one wait for its lease to run out).
     Returns the names taken, in the order given; the caller commits at once so other runs see them.
     """
     if lease <= timedelta(0):
         raise ValueError("a lease must last a positive time")
     table = WorkClaim.__table__  # type: ignore[attr-defined]
+    held = session.exec(select(WorkClaim.holder).where(
+        col(WorkClaim.name).in_(list(names)), col(WorkClaim.claimed_until) >= now,
+        col(WorkClaim.holder) != holder)).all()
+    dead = sorted({h for h in held if holder_is_dead_here(h)})
     builder = postgresql.insert if _is_pg(session) else sqlite.insert
     until = now + lease
     taken = []
@@ -62,7 +91,8 @@ def claim_leases(
             index_elements=["name"],
             set_={"holder": holder, "claimed_at": now, "claimed_until": until},
             where=or_(
-                table.c.claimed_until.is_(None), table.c.claimed_until < now, table.c.holder == holder
+                table.c.claimed_until.is_(None), table.c.claimed_until < now, table.c.holder == holder,
+                table.c.holder.in_(dead),
             ),
         ).returning(table.c.name)
         if session.execute(stmt).first() is not None:

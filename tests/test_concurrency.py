@@ -9,7 +9,10 @@ turns, a lease or a receipt-recovery item is held by one run at a time and hande
 from __future__ import annotations
 
 import json
+import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -29,7 +32,7 @@ from models.reporting import ReportingLine
 from models.types import utcnow
 from rules.positions import PendenzaPut, validate_position
 from sandbox.gpd import ACA_BASE, GPD_BASE
-from store.claims import claim_leases, release_leases
+from store.claims import claim_leases, new_holder, release_leases
 from store.positions import load_caller, load_registry_view, upsert_positions
 from store.receipts import RecoveryKind, claim_item, due_lines, release_item
 from tests.conftest import Database
@@ -274,6 +277,30 @@ def test_a_lease_is_held_by_one_run_at_a_time_and_given_back(db: Database) -> No
     for t in threads:
         t.join(30)
     assert sorted(taken) == [[], [], [], ["ingest-treasury:x"]]
+
+
+def test_a_lease_of_a_killed_run_on_this_host_is_free_at_once(db: Database) -> None:
+    now, lease = utcnow(), timedelta(hours=1)
+    here = socket.gethostname()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # noqa: S603
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])  # noqa: S603
+    dead.wait(30)
+    try:
+        holders = {"ingest-treasury:alive": f"ingest@{here}:{alive.pid}:0a1b2c3d",
+                   "ingest-treasury:dead": f"ingest@{here}:{dead.pid}:0a1b2c3d",
+                   "ingest-treasury:elsewhere": f"ingest@another-host:{dead.pid}:0a1b2c3d"}
+        with db.session() as s:
+            for name, holder in holders.items():
+                assert claim_leases(s, names=[name], holder=holder, now=now, lease=lease) == [name]
+            s.commit()
+            # a minute later, well within the hour: only the lease whose process is gone is taken over
+            got = claim_leases(s, names=list(holders), holder=new_holder("next"),
+                               now=now + timedelta(minutes=1), lease=lease)
+            s.commit()
+        assert got == ["ingest-treasury:dead"]
+    finally:
+        alive.kill()
+        alive.wait(30)
 
 
 def test_a_receipt_to_recover_is_asked_by_one_run_at_a_time(db: Database) -> None:
