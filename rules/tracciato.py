@@ -284,6 +284,7 @@ _VOCE_COLUMNS_BY_NUMBER = tuple(
     tuple((f"{name}{n}", _CSV_TO_VOCE.get(name, name)) for name in VOCE_FIELDS)
     for n in range(1, MAX_VOCI + 1)
 )
+_VOCE_COLUMN_SETS = tuple(frozenset(column for column, _ in columns) for columns in _VOCE_COLUMNS_BY_NUMBER)
 
 
 @dataclass(frozen=True)
@@ -385,9 +386,9 @@ def csv_row_input(values: dict[str, str], defaults: RowDefaults) -> RowInput:
     voci: list[dict[str, Any]] = []
     numbers: list[int] = []
     for n, columns in enumerate(_VOCE_COLUMNS_BY_NUMBER, start=1):
-        voce: dict[str, Any] = {field: values[column] for column, field in columns if column in values}
-        if not voce:
+        if _VOCE_COLUMN_SETS[n - 1].isdisjoint(values):  # most rows fill one or two of the five voci
             continue
+        voce: dict[str, Any] = {field: values[column] for column, field in columns if column in values}
         if "importo" in voce:
             try:
                 voce["importo"] = parse_amount(voce["importo"])

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, func, insert, update
+from sqlalchemy import CursorResult, func, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
@@ -17,6 +17,7 @@ from models.positions import Position
 from models.types import utcnow
 from rules.positions import BusinessError, Caller, RegistryView, validate_position
 from rules.tracciato import AnnulRow, InsertRow, RowError, RowInput, describe
+from store.common import insert_many
 from store.positions import (
     CREATED,
     UNCHANGED,
@@ -311,8 +312,9 @@ def record_rows(session: Session, *, bulk_file_id: int, results: Sequence[RowRes
     """Insert the outcome of each row (one statement; the unique key refuses a row recorded twice)."""
     if not results:
         return
-    session.execute(
-        insert(BulkRow.__table__),  # type: ignore[attr-defined]  # Core: half the cost of the ORM bulk path
+    insert_many(
+        session,
+        BulkRow.__table__,  # type: ignore[attr-defined]  # a plain executemany: a fraction of the ORM's cost
         [
             {
                 "bulk_file_id": bulk_file_id,

@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any, Generic, Literal, TypeVar, overload
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Table, bindparam, insert, or_, text, update
+from sqlalchemy import Table, bindparam, func, insert, or_, text, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, SQLModel, col, select
 
@@ -37,7 +37,7 @@ from rules.positions import (
     check_restore,
     check_update,
 )
-from store.common import page_of
+from store.common import insert_many, page_of
 from store.iuv import allocate_notices
 
 CREATED, UPDATED, UNCHANGED = "CREATED", "UPDATED", "UNCHANGED"
@@ -292,7 +292,7 @@ def _create(session: Session, *, pending: list[tuple[UpsertResult[Any], Position
     voci = [_ITEM_DEFAULTS | item.__dict__ | {"position_id": pk}
             for (_, _, d), pk in zip(created, ids, strict=True) for item in d.items]
     if voci:
-        session.execute(insert(_ITEMS), _without_empty_columns(_ITEMS, voci))
+        insert_many(session, _ITEMS, _without_empty_columns(_ITEMS, voci))
     loaded = _load_positions(session, ids=ids) if want_rows else {}
     for (result, row, _), pk in zip(created, ids, strict=True):
         result.outcome = CREATED
@@ -315,12 +315,15 @@ def _insert_positions(session: Session, *, rows: list[dict[str, Any]]) -> list[i
             row["id"] = pk
         session.execute(insert(_POSITIONS), _without_empty_columns(_POSITIONS, rows))
         return ids
-    # SQLite pages RETURNING as cheaply as a plain insert, but promises no order for the returned rows:
-    # the unique key (idA2A, idPendenza) maps them back.
-    stmt = insert(_POSITIONS).returning(_POSITIONS.c.id, _POSITIONS.c.id_a2a, _POSITIONS.c.id_pendenza)
-    returned = session.execute(stmt, _without_empty_columns(_POSITIONS, rows)).all()
-    by_key = {(id_a2a, id_pendenza): pk for pk, id_a2a, id_pendenza in returned}
-    return [by_key[(row["id_a2a"], row["id_pendenza"])] for row in rows]
+    # SQLite: the write lock first (a write that changes nothing), so no other writer can take the ids that
+    # follow the largest; then the ids are ours to give, and the insert is a plain executemany.
+    session.execute(text("UPDATE position SET id = id WHERE id = 0"))  # ids start at 1: no row, one lookup
+    last = session.execute(select(func.max(_POSITIONS.c.id))).scalar_one() or 0
+    ids = list(range(last + 1, last + 1 + len(rows)))
+    for row, pk in zip(rows, ids, strict=True):
+        row["id"] = pk
+    insert_many(session, _POSITIONS, _without_empty_columns(_POSITIONS, rows))
+    return ids
 
 
 def _without_empty_columns(table: Table, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
