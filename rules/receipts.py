@@ -123,9 +123,12 @@ def _text(element: etree._Element | None, *path: str) -> str | None:
 
 def _money(value: str | None, *, name: str) -> Decimal:
     try:
-        return Decimal(value or "").quantize(_CENT)
+        amount = Decimal(value or "")
+        if not amount.is_finite():  # NaN, sNaN, Infinity pass the Decimal parser (and the XSD's decimal)
+            raise InvalidOperation
+        return amount.quantize(_CENT)
     except InvalidOperation as exc:
-        raise ValueError(f"{name} is not an amount: {value!r}") from exc
+        raise ValueError(f"{name} is not an amount: {value[:40] if value else value!r}") from exc
 
 
 def receipt_from_xml(element: etree._Element, *, id_pa: str, raw: str | bytes) -> ReceiptIn:
