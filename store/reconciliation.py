@@ -534,7 +534,10 @@ def _relabel(session: Session, decided: Table, *, id_dominio: str, now: datetime
         added = session.execute(insert(LABEL).from_select(columns, select(
             literal(id_dominio, String), literal(family.subject, String), cast(family.key, String),
             literal(family.label, String), *family.payload, literal(now, UTCDateTime()),
-        ).select_from(family.source).where(*family.conditions, missing))).rowcount
+        ).select_from(family.source).where(*family.conditions, missing))
+            # SQLAlchemy keeps an INSERT's rowcount only when asked (-1 otherwise): without it the table
+            # was never re-analysed after a big insert, and later statements were planned on an empty table
+            .execution_options(preserve_rowcount=True)).rowcount
         _fresh_statistics(session, LABEL, changed=added)
     counts: dict[str, int] = defaultdict(int)
     kinds = {(family.subject, family.label) for family in families}
