@@ -183,6 +183,10 @@ def reconcile_ec(session: Session, *, id_dominio: str, now: datetime | None = No
             d, m = decided.c, MOVEMENT.c
             session.execute(update(MOVEMENT).where(m.id == d.movement_id, m.match_state != d.match_state)
                             .values(match_state=d.match_state))
+            # money naming no flow and no IUV was looked at too: unmatched until an operator decides
+            session.execute(update(MOVEMENT).where(
+                m.id_dominio == id_dominio, m.match_state == MovementMatch.PENDING,
+                m.id.not_in(select(d.movement_id))).values(match_state=MovementMatch.UNMATCHED))
         with phase("suggestions"):
             summary.suggestions = _suggest(session, id_dominio=id_dominio, now=now)
         with phase("labels"):

@@ -442,10 +442,10 @@ def test_credit_that_is_not_pagopa(book: Book) -> None:
     money = book.of("not_pagopa").views["money"]
     assert money.labels == {"TES_NO_MATCH"}
     assert sorted(m[0] for m in money.movements) == sorted(IBANS)
-    assert {m[2] for m in money.movements} == {"none"}
+    assert {(m[2], m[3]) for m in money.movements} == {("none", "UNMATCHED")}  # looked at, not explained
     final = book.final("not_pagopa")  # the operator said the Comune's credit is not pagoPA: it leaves
     states = {m[0]: m[3] for m in final.movements}
-    assert states[COMUNE] == "NOT_PAGOPA" and states[PROVINCIA] != "NOT_PAGOPA"
+    assert states[COMUNE] == "NOT_PAGOPA" and set(states.values()) == {"NOT_PAGOPA", "UNMATCHED"}
     assert [row[:2] for row in final.label_rows] == [("movement", "TES_NO_MATCH")] * 2
 
 
