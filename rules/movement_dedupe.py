@@ -7,9 +7,12 @@ Two movements are the same money (``twin_evidence``) when
 
 - they are on the same account and for the same amount (so a reversal never matches a credit),
 - their value dates, when both are known, are at most ``VALUE_DATE_WINDOW_DAYS`` apart,
-- they do not name two different things (flow id or IUV, with the integrative transfer number), and
 - they share a transfer reference (TRN / SCT / end-to-end id: evidence ``TRN``), or else both name the same
-  flow (``IUF``) or IUV (``IUV``).
+  flow (``IUF``) or IUV (``IUV``, with the integrative transfer number).
+
+A shared reference makes them one transfer even when the two name different things (``names_conflict``): the
+money is counted once, the bank's naming stands, and the conflict is reported, never silently kept as two
+credits for two flows.
 
 The shared reference is the strong evidence; the named flow or IUV stands in when the reference the EC typed
 is not one the bank prints (a CRO for the TRN) or the journal has none. A wrong pairing by name can only
@@ -92,13 +95,16 @@ def twin_evidence(
     if api.value_date and journal.value_date:
         if abs((api.value_date - journal.value_date).days) > window_days:
             return None
-    if api.names is not None and journal.names is not None and api.names != journal.names:
-        return None
-    if api.references & journal.references:
+    if api.references & journal.references:  # the same transfer, even if the two name different things
         return "TRN"
     if api.names is not None and api.names == journal.names:
         return "IUF" if api.names[0] == "flow" else "IUV"
     return None
+
+
+def names_conflict(api: MoneyFacts, journal: MoneyFacts) -> bool:
+    """Whether two copies of one transfer name different things: the EC's accounting and the bank disagree."""
+    return api.names is not None and journal.names is not None and api.names != journal.names
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from rules.movement_dedupe import (
     MoneyFacts,
     completed_from_api,
     money_facts,
+    names_conflict,
     pair_twins,
 )
 from rules.riconciliazioni import CAUSALE_INVALID
@@ -237,8 +238,18 @@ def link_api_movements(
     if not journals:
         return []
     linked = []
-    for twin in pair_twins([facts_of(m) for m in apis.values()], [facts_of(m) for m in journals.values()]):
-        submitted = merge_into_journal(session, api=apis[twin.api_id], journal=journals[twin.journal_id])
+    api_facts = {i: facts_of(m) for i, m in apis.items()}
+    journal_facts = {i: facts_of(m) for i, m in journals.items()}
+    for twin in pair_twins(list(api_facts.values()), list(journal_facts.values())):
+        api, journal = apis[twin.api_id], journals[twin.journal_id]
+        if names_conflict(api_facts[twin.api_id], journal_facts[twin.journal_id]):
+            log.warning(
+                "EC %s: the riconciliazione posted for %s %s is the bank's transfer %s (same reference), "
+                "which names %s %s: the bank's stands",
+                id_dominio, api.reference_kind, api.reference, twin.journal_id, journal.reference_kind,
+                journal.reference,
+            )  # fmt: skip
+        submitted = merge_into_journal(session, api=api, journal=journal)
         log.info(
             "EC %s: riconciliazione %s joined to journal movement %s (same money by %s)",
             id_dominio,

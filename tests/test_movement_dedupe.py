@@ -10,6 +10,7 @@ from rules.movement_dedupe import (
     VALUE_DATE_WINDOW_DAYS,
     completed_from_api,
     money_facts,
+    names_conflict,
     normal_reference,
     pair_twins,
     twin_evidence,
@@ -68,9 +69,14 @@ def test_account_amount_date_window_and_what_is_named_must_agree() -> None:
     assert twin_evidence(api, facts(2, value_date=edge)) == "TRN"
     assert twin_evidence(api, facts(2, value_date=edge + timedelta(days=1))) is None
     assert twin_evidence(facts(value_date=None), facts(2, value_date=edge + timedelta(days=9))) == "TRN"
-    # the same TRN, but another flow or another integrative transfer of the flow: conflicting facts
-    assert twin_evidence(api, facts(2, reference="2026-11-26BCITITMM-S0000002")) is None
-    assert twin_evidence(api, facts(2, integrative=1)) is None
+    # the same TRN, but another flow or another integrative transfer of the flow: one transfer, in conflict
+    other_flow = facts(2, reference="2026-11-26BCITITMM-S0000002")
+    assert twin_evidence(api, other_flow) == "TRN" and names_conflict(api, other_flow)
+    assert twin_evidence(api, facts(2, integrative=1)) == "TRN" and names_conflict(api, facts(2, integrative=1))
+    assert not names_conflict(api, facts(2, reference=FLOW.lower()))
+    assert not names_conflict(api, facts(2, reference_kind="none", reference=None))  # the bank names nothing
+    # without a shared reference, two credits naming different flows are two credits
+    assert twin_evidence(facts(references=("A",)), facts(2, references=("B",), integrative=1)) is None
 
 
 def test_pairs_are_one_to_one_shared_references_first_then_the_oldest() -> None:

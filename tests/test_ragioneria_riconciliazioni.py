@@ -565,3 +565,35 @@ def test_a_second_journal_transfer_for_money_already_cashed_is_refused(
         "TRN-3": ("ERRORE", "021413"),
         "TRN-4": ("ERRORE", "021406"),
     }
+
+
+def test_the_same_transfer_naming_another_flow_in_the_journal_is_one_credit_the_banks(
+    api: tuple[str, Database], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url, db = api
+    named, paid = "2026-11-26BCITITMM-S0000011", "2026-11-26BCITITMM-S0000012"
+    with db.session() as s:
+        a, b = paid_position(s, amount="30.00"), paid_position(s, amount="30.00")
+        flow(s, id_flusso=named, positions=[a])
+        flow(s, id_flusso=paid, positions=[b])
+    uri = "/PUR/LGPE-RIVERSAMENTO/URI/"
+    with client(url) as c:
+        # the EC's accounting says TRN-7 is the money of one flow, and the next run cashes it on its word
+        sent = c.put(f"/riconciliazioni/{EC}/R-7", json=body(importo=30, sct="TRN-7", causale=uri + named))
+        assert sent.status_code == 202
+        reconcile(db)
+        assert c.get(f"/riconciliazioni/{EC}/R-7").json()["stato"] == "ACQUISITO"
+        # the bank's journal: the same transfer (TRN-7, account, amount) names the other flow
+        with caplog.at_level("WARNING", logger="store.movement_dedupe"):
+            stored = journal_file(db, tmp_path, [credit(7, "30.00", uri + paid)])
+        assert (stored.movements, stored.linked) == (1, 1)
+        assert any("the bank's stands" in r.getMessage() and paid in r.getMessage() for r in caplog.records)
+        reconcile(db)
+        got = c.get(f"/riconciliazioni/{EC}/R-7").json()
+        assert (got["stato"], got["idFlusso"], got["sct"]) == ("ACQUISITO", paid, "TRN-7")
+    with db.session() as s:
+        movements = s.exec(select(TreasuryMovement)).all()
+        assert [m.amount for m in movements] == [Decimal("30.00")]  # counted once, not 60.00
+        states = dict(s.exec(select(Collection.position_id, Collection.state)).all())
+    # the flow the bank names is cashed; the one the EC named has no money after all
+    assert (states[b.id], states[a.id]) == ("INCASSATA", "RISCOSSA")
