@@ -235,38 +235,12 @@ def platform_env(*, url: str, work: Path, sandbox: str) -> dict[str, str]:
 
 
 def database(postgres: bool, tmp: Path) -> str:
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
-
-    from models.db import make_engine
+    from bench.pgdb import create_pg_database
     from models.migrate import upgrade
 
-    if postgres:
-        server = make_url(os.environ["PAGOFLOW_TEST_POSTGRES_URL"])
-        name = f"h4_bench_daily_{uuid.uuid4().hex[:8]}"
-        admin = make_engine(str(server.set(database="postgres")), isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        admin.dispose()
-        url = server.set(database=name).render_as_string(hide_password=False)
-    else:
-        url = f"sqlite:///{tmp}/daily.db"
+    url = create_pg_database("pf_bench_daily") if postgres else f"sqlite:///{tmp}/daily.db"
     upgrade(url)
     return url
-
-
-def drop(url: str) -> None:
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
-
-    from models.db import make_engine
-
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "postgresql":
-        admin = make_engine(str(parsed.set(database="postgres")), isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def apply_registry(*, tmp: Path, sftp_port: int, known_hosts: Path, notify_url: str) -> None:
@@ -531,6 +505,7 @@ def bench(args: argparse.Namespace) -> int:
     import paramiko
     from rich.console import Console
 
+    from bench.pgdb import drop_database
     from cli.demo import _clear_caches, _prefect_server
     from sandbox.sftp import SandboxSftpServer
 
@@ -620,7 +595,7 @@ def bench(args: argparse.Namespace) -> int:
         sandbox.terminate()
         sandbox.wait(timeout=20)
         if not args.keep:
-            drop(url)
+            drop_database(url)
     ok = report(
         args,
         cycle=cycle,

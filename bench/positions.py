@@ -19,7 +19,6 @@ import resource
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -31,10 +30,10 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import yaml  # noqa: E402
-from sqlalchemy import insert, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy import insert  # noqa: E402
 from sqlmodel import Session  # noqa: E402
 
+from bench.pgdb import create_pg_database, drop_database  # noqa: E402
 from models.db import make_engine  # noqa: E402
 from models.migrate import upgrade  # noqa: E402
 from models.positions import Position, PositionItem  # noqa: E402
@@ -79,23 +78,7 @@ def write_csv(path: Path, *, rows: int) -> None:
 def _database(backend: str, tmp: Path, label: str) -> str:
     if backend == "sqlite":
         return f"sqlite:///{tmp}/{label}.db"
-    server = make_url(os.environ["PAGOFLOW_TEST_POSTGRES_URL"])
-    name = f"pf_bench_{label}_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(str(server.set(database="postgres")), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return server.set(database=name).render_as_string(hide_password=False)
-
-
-def _drop(url: str) -> None:
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "postgresql":
-        return
-    admin = make_engine(str(parsed.set(database="postgres")), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
-    admin.dispose()
+    return create_pg_database(f"pf_bench_{label}")
 
 
 def _prepare(url: str) -> None:
@@ -233,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                     missed = True
                 raw = baseline(base_url, rows=args.rows)
             finally:
-                _drop(ours_url)
-                _drop(base_url)
+                drop_database(ours_url)
+                drop_database(base_url)
             ours_rate, raw_rate = args.rows / elapsed, args.rows / raw
             ratio = ours_rate / raw_rate
             ok = ratio >= TARGET_RATIO and rss < TARGET_RSS_MB

@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -37,10 +36,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import httpx  # noqa: E402
 import yaml  # noqa: E402
-from sqlalchemy import func, insert, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy import func, insert  # noqa: E402
 from sqlmodel import Session, select  # noqa: E402
 
+from bench.pgdb import create_pg_database, drop_database  # noqa: E402
 from models.db import make_engine  # noqa: E402
 from models.migrate import upgrade  # noqa: E402
 from models.positions import Position, PositionItem  # noqa: E402
@@ -122,16 +121,7 @@ def start_sandbox() -> tuple[subprocess.Popen[bytes], str]:
 
 def database(postgres: bool, tmp: Path) -> str:
     """A fresh, migrated database with the example registry."""
-    if postgres:
-        server = make_url(os.environ["PAGOFLOW_TEST_POSTGRES_URL"])
-        name = f"pf_bench_publish_{uuid.uuid4().hex[:8]}"
-        admin = make_engine(str(server.set(database="postgres")), isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        admin.dispose()
-        url = server.set(database=name).render_as_string(hide_password=False)
-    else:
-        url = f"sqlite:///{tmp}/publish.db"
+    url = create_pg_database("pf_bench_publish") if postgres else f"sqlite:///{tmp}/publish.db"
     upgrade(url)
     engine = make_engine(url)
     with Session(engine) as session:
@@ -139,15 +129,6 @@ def database(postgres: bool, tmp: Path) -> str:
         session.commit()
     engine.dispose()
     return url
-
-
-def drop(url: str) -> None:
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "postgresql":
-        admin = make_engine(str(parsed.set(database="postgres")), isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def queue_positions(url: str, *, count: int) -> None:
@@ -325,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             sandbox.terminate()
             sandbox.wait(timeout=10)
-            drop(url)
+            drop_database(url)
     capacity = (before + after) / 2
     rate = args.positions / elapsed
     backend = "postgresql" if args.postgres else "sqlite"
