@@ -132,11 +132,7 @@ def _prefect_server(home: Path, console: Console) -> Iterator[str]:
             time.sleep(0.5)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
         log.close()
 
 
@@ -295,12 +291,17 @@ def _web_process(port: int, *, log: Path) -> Iterator[None]:
             time.sleep(0.2)
         yield
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
         out.close()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a child process: politely, then by force after 20 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def _configure_sandbox(url: str, *, station: str, bank: Path) -> None:
