@@ -78,6 +78,7 @@ def ingest_treasury(source: str | None = None, archive: bool = True) -> dict[str
         "movements": sum(o.movements for o in outcomes),
         "duplicates": sum(o.duplicates for o in outcomes),
         "linked": sum(o.linked for o in outcomes),
+        "conflicts": sum(len(o.conflicts) for o in outcomes),
         "archived": archived,
         "busy": busy,
         "failures": failures,

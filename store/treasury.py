@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from datetime import datetime
-from typing import Any
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, NamedTuple
 
 from sqlalchemy import Table
 from sqlalchemy.dialects import sqlite
@@ -19,6 +20,7 @@ from rules.remittance import parse_remittance
 
 BATCH_SIZE = 5_000
 _KEY_LIMIT = 100  # TreasuryMovement.dedupe_key
+_CONFLICTS_SHOWN = 20
 _COLUMN_LIMITS = {
     "ordering_party": 140,
     "end_to_end_id": 70,
@@ -146,9 +148,18 @@ def claim_file(
     return find_file(session, source=source, sha256=sha256)
 
 
-def finish_file(session: Session, *, file: TreasuryFile, movements: int, duplicates: int) -> TreasuryFile:
-    """Record how many movements the file added and how many were already known."""
+def finish_file(session: Session, *, file: TreasuryFile, movements: int, duplicates: int,
+                conflicts: Sequence[str] = ()) -> TreasuryFile:
+    """Record how many movements the file added and how many were already known.
+
+    Conflicts (a known bank id with other money, see ``find_conflicts``) go in the file's ``error`` for the
+    operator, though the file is processed: the movements stored first stand.
+    """
     file.movements, file.duplicates = movements, duplicates
+    if conflicts:
+        more = " ..." if len(conflicts) > _CONFLICTS_SHOWN else ""
+        shown = "; ".join(conflicts[:_CONFLICTS_SHOWN]) + more
+        file.error = f"{len(conflicts)} movimenti ripetuti con altri importi, non registrati: {shown}"
     session.add(file)
     session.flush()
     return file
@@ -281,14 +292,15 @@ def store_movements(
     file_id: int | None,
     fmt: str | None = None,
     batch_size: int = BATCH_SIZE,
-) -> tuple[int, int]:
-    """Store a file's movements in batches (not committed); returns (read, inserted).
+) -> StoredMovements:
+    """Store a file's movements in batches (not committed): how many were read, inserted, and in conflict.
 
     The account is the source's (the EC's account the bank delivers for): formats name it differently
     (IBAN, OPI conto evidenza), and deduplication must not depend on the format.
     """
     keys = DedupeKeys(fmt=fmt)
     read = inserted = 0
+    conflicts: list[MovementConflict] = []
     batch: list[dict[str, Any]] = []
     now = utcnow()
     for movement in movements:
@@ -304,10 +316,72 @@ def store_movements(
             )
         )
         if len(batch) >= batch_size:
+            conflicts += find_conflicts(session, rows=batch)
             inserted += insert_movements(session, rows=batch)
             batch = []
+    conflicts += find_conflicts(session, rows=batch)
     inserted += insert_movements(session, rows=batch)
-    return read, inserted
+    return StoredMovements(read=read, inserted=inserted, conflicts=conflicts)
+
+
+class MovementConflict(NamedTuple):
+    """A movement that repeats a stored one's bank id with different money: the stored one stands."""
+
+    bank_id: str
+    stored: tuple[Decimal, date, bool]  # amount, value date, reversal
+    repeated: tuple[Decimal, date, bool]
+
+    def describe(self) -> str:
+        """One line for an operator: the bank id and what differs."""
+        fields = ("importo", "data valuta", "storno")
+        pairs = zip(fields, self.stored, self.repeated, strict=True)
+        diff = [f"{name} {old} -> {new}" for name, old, new in pairs if old != new]
+        return f"movimento {self.bank_id}: {', '.join(diff)}"
+
+
+class StoredMovements(NamedTuple):
+    read: int
+    inserted: int
+    conflicts: list[MovementConflict]
+
+
+def find_conflicts(session: Session, *, rows: Sequence[dict[str, Any]]) -> list[MovementConflict]:
+    """Rows whose bank id is already stored for their account with another amount, value date or sign.
+
+    Such a row is not stored (the bank's id says it is the same movement), but it must not vanish silently: a
+    bank that re-sends a movement with other money is correcting it, and an operator decides which holds.
+    """
+    by_key: dict[tuple[str, str], dict[str, Any]] = {}
+    conflicts = []
+    for row in rows:
+        if not row["dedupe_key"].startswith("id"):
+            continue
+        first = by_key.setdefault((row["account"], row["dedupe_key"]), row)
+        if first is not row and _money(first) != _money(row):  # twice in this very batch
+            conflicts.append(MovementConflict(_bank_id(row), _money(first), _money(row)))
+    if not by_key:
+        return conflicts
+    m = TreasuryMovement
+    stored = session.exec(
+        select(m.account, m.dedupe_key, m.amount, m.value_date, m.reversal).where(
+            col(m.account).in_({account for account, _ in by_key}),
+            col(m.dedupe_key).in_({key for _, key in by_key}),
+        )
+    ).all()
+    for account, key, amount, value_date, reversal in stored:
+        row = by_key.get((account, key))
+        stored_money = (amount, value_date, bool(reversal))
+        if row is not None and stored_money != _money(row):
+            conflicts.append(MovementConflict(_bank_id(row), stored_money, _money(row)))
+    return conflicts
+
+
+def _money(row: dict[str, Any]) -> tuple[Decimal, date, bool]:
+    return row["amount"], row["value_date"], bool(row["reversal"])
+
+
+def _bank_id(row: dict[str, Any]) -> str:
+    return str(row["bank_movement_id"] or row["dedupe_key"].removeprefix("id:"))
 
 
 def movements_of_files(session: Session, *, file_ids: Sequence[int], limit: int) -> list[TreasuryMovement]:

@@ -75,6 +75,7 @@ class FileOutcome(BaseModel):
     movements: int = 0
     duplicates: int = 0
     linked: int = 0
+    conflicts: tuple[str, ...] = ()  # movements repeating a stored bank id with other money (not stored)
     error: str | None = None
     previous: str | None = None
 
@@ -201,7 +202,7 @@ def process_file(
                         fetched, state=SKIPPED, format=fmt.value, previous=TreasuryFileState.PROCESSED.value
                     )
                 movements = read_movements(stream, fmt=fmt, csv_mapping=mapping, source_name=fetched.name)
-                read, inserted = store.store_movements(
+                read, inserted, conflicts = store.store_movements(
                     session,
                     movements=_checked(movements),
                     source=source,
@@ -212,7 +213,8 @@ def process_file(
                 linked = link_api_movements(
                     session, id_dominio=source.id_dominio, account=source.account, file_id=claimed.id
                 )
-                store.finish_file(session, file=claimed, movements=inserted, duplicates=read - inserted)
+                store.finish_file(session, file=claimed, movements=inserted, duplicates=read - inserted,
+                                  conflicts=[c.describe() for c in conflicts])
                 session.commit()
         except (UnreadableFileError, TreasuryFormatError) as exc:
             session.rollback()
@@ -244,6 +246,9 @@ def process_file(
                 error=reason,
             )
     path.unlink(missing_ok=True)
+    for conflict in conflicts[:20]:  # all of them are counted in the file's row and the artifact
+        log.warning("treasury %s: %s repeats a stored movement with other money, the stored one stands: %s",
+                    fetched.source, fetched.name, conflict.describe())
     log.info(
         "treasury %s: %s (%s) stored as file %s: %d new movements (%d already posted through the API), "
         "%d already known",
@@ -263,6 +268,7 @@ def process_file(
         movements=inserted,
         duplicates=read - inserted,
         linked=len(linked),
+        conflicts=tuple(c.describe() for c in conflicts),
     )
 
 
@@ -400,6 +406,9 @@ def summary_markdown(*, outcomes: list[FileOutcome], failures: dict[str, str]) -
             note = o.error or (f"seen before ({o.previous})" if o.previous else "")
             if o.linked:
                 note = f"{o.linked} already posted through the API Ragioneria, joined to it"
+            if o.conflicts:
+                shown = "; ".join(o.conflicts[:3])
+                note = f"{len(o.conflicts)} repeated with other money, not stored: {shown}"
             note = note.replace("|", "\\|").replace("\n", " ")
             lines.append(f"| {o.source} | {o.name} | {o.state} | {o.movements} | {o.duplicates} | {note} |")
     else:

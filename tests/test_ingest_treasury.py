@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -260,6 +261,8 @@ def test_overlapping_journals_store_each_movement_once(
     credits = [_credit(n) for n in range(1, 10)]
     (camt / "CAMT053_1.xml").write_bytes(_camt(credits[:6], 1))
     (camt / "CAMT053_2.xml").write_bytes(_camt(credits[3:], 2))
+    # The bank sends the ninth credit again under its id, with other money: not stored, but not silent.
+    (camt / "CAMT053_3.xml").write_bytes(_camt([replace(credits[8], amount=Decimal("95.00"))], 3))
     # By content fingerprint (MT940 has no movement id): the journal sent again under another reference.
     mt940 = add_source(env, openssh, name=f"{prefix}-mt940", fmt="MT940", account="ACC-MT940", archive=False)
     original = synthetic(SYNTHETIC["mt940"])
@@ -285,11 +288,17 @@ def test_overlapping_journals_store_each_movement_once(
 
     summary = ingest_treasury(source=None, archive=False)
 
-    assert summary["processed"] == 4 and summary["failures"] == {}
-    assert summary["movements"] == 9 + 11 and summary["duplicates"] == 3 + 11
+    assert summary["processed"] == 5 and summary["failures"] == {}
+    assert summary["movements"] == 9 + 11 and summary["duplicates"] == 3 + 1 + 11
     assert summary["linked"] == 1  # the fifth credit is the API's: one movement, carrying R-5
+    assert summary["conflicts"] == 1
     with env.session() as session:
         assert count(session, account=IBAN) == 9
+        ninth = session.exec(select(TreasuryMovement).where(
+            TreasuryMovement.dedupe_key == "id:BT00000000000009")).one()
+        assert ninth.amount == Decimal("90.00")  # the movement stored first stands
+        resent = session.exec(select(TreasuryFile).where(TreasuryFile.name == "CAMT053_3.xml")).one()
+        assert resent.error is not None and "movimento BT00000000000009: importo 90.00 -> 95.00" in resent.error
         assert count(session, account="ACC-MT940") == 11
         keys = session.exec(select(TreasuryMovement.dedupe_key).where(TreasuryMovement.account == IBAN)).all()
         assert sorted(keys) == [f"id:BT{n:014d}" for n in range(1, 10)]  # AcctSvcrRef, not NtryRef
@@ -300,8 +309,8 @@ def test_overlapping_journals_store_each_movement_once(
     # Not archived, so every file is downloaded again and skipped by its hash.
     again = ingest_treasury(source=f"{prefix}-camt", archive=False)
 
-    assert again["skipped"] == 2 and again["movements"] == 0
-    assert sorted(p.name for p in camt.iterdir()) == ["CAMT053_1.xml", "CAMT053_2.xml"]
+    assert again["skipped"] == 3 and again["movements"] == 0
+    assert sorted(p.name for p in camt.iterdir()) == ["CAMT053_1.xml", "CAMT053_2.xml", "CAMT053_3.xml"]
     with env.session() as session:
         assert count(session) == 20
 
