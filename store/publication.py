@@ -135,13 +135,17 @@ def claim_batch(
     table = Position.__table__  # type: ignore[attr-defined]
     free = or_(table.c.publication_claimed_until.is_(None), table.c.publication_claimed_until < now)
     window = [*_queued(id_dominio), table.c.id >= first_id, table.c.id <= last_id, free]
-    rows = select(table.c.id).where(*window)
     if session.get_bind().dialect.name == "postgresql":
-        rows = rows.with_for_update(skip_locked=True)  # rows another publisher is claiming right now
+        # Lock once, then update what was locked: rows another publisher is claiming right now are skipped. As
+        # a materialised CTE the locking scan runs once; as an IN subquery the planner, misled by the stale
+        # statistics of a freshly loaded queue, ran it again for every row (150 ms for 500 rows).
+        picked = (select(table.c.id).where(*window).with_for_update(skip_locked=True)
+                  .cte("picked").prefix_with("MATERIALIZED"))
+        claim = update(table).where(table.c.id == picked.c.id, *window)
+    else:  # SQLite: one writer at a time, nothing to skip
+        claim = update(table).where(*window)
     claimed = session.execute(
-        update(table)
-        .where(table.c.id.in_(rows.scalar_subquery()), *window)
-        .values(publication_claimed_until=until)
+        claim.values(publication_claimed_until=until)
         .returning(*(table.c[name] for name in _POSITION_COLUMNS))
     )
     positions = sorted(claimed.mappings().all(), key=lambda p: p["id"])
