@@ -469,7 +469,7 @@ def fingerprint(url: str) -> list[Any]:
         "FROM collection GROUP BY state ORDER BY state",
         "SELECT state, count(*), count(cashed_at), sum(id) FROM position GROUP BY state ORDER BY state",
         "SELECT subject, label, count(*), sum(amount), sum(movement_id), count(iuv), count(id_flusso), "
-        "sum(length(subject_key)) FROM transfer_label GROUP BY subject, label ORDER BY subject, label",
+        "sum(subject_key) FROM transfer_label GROUP BY subject, label ORDER BY subject, label",
         "SELECT state, outcome_code, flow_id IS NULL, count(*), sum(movement_id), sum(amount), "
         "sum(length(description)) FROM reconciliation GROUP BY state, outcome_code, flow_id IS NULL "
         "ORDER BY state, outcome_code",

@@ -136,14 +136,14 @@ class Collection(SQLModel, table=True):
         # A receipt-born collection is identified by its receipt and transfer; the IUR arrives with the flow.
         UniqueConstraint("receipt_pk", "transfer_index", name="uq_collection_receipt"),
         UniqueConstraint("id_dominio", "iuv", "iur", "transfer_index", name="uq_collection"),
-        Index("ix_collection_state", "id_dominio", "state"),
+        # no index on state (migration 0009): cashing a collection then touches fewer indexes
     )
     id: int | None = Field(default=None, primary_key=True)
     id_dominio: str = Field(max_length=11)
     iuv: str = Field(max_length=35)
     iur: str | None = Field(default=None, max_length=35)
     transfer_index: int
-    receipt_pk: int | None = Field(default=None, foreign_key="receipt.id", index=True)
+    receipt_pk: int | None = Field(default=None, foreign_key="receipt.id")  # uq_collection_receipt serves it
     position_id: int | None = Field(default=None, foreign_key="position.id", index=True)
     item_id: int | None = Field(default=None, foreign_key="position_item.id")
     amount: Decimal = money_field()
@@ -155,6 +155,8 @@ class Collection(SQLModel, table=True):
     state: str = enum_field(CollectionState, default=CollectionState.RISCOSSA)
     paid_at: datetime | None = ts_field()
     cashed_at: datetime | None = ts_field()
-    movement_id: int | None = Field(default=None, foreign_key="treasury_movement.id", index=True)
+    # the treasury movement that cashed it: neither indexed nor a foreign key (migration 0009), so cashing a
+    # collection rewrites no index entry and checks no reference; see store.reconciliation.cashed_by
+    movement_id: int | None = Field(default=None)
     flow_line_id: int | None = Field(default=None, index=True)  # no FK: reporting_line points back here
     details: Any = json_field()

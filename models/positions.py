@@ -7,7 +7,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Index, UniqueConstraint
+from sqlalchemy import Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from models.base import created_field, enum_field, json_field, money_field, ts_field
@@ -59,9 +59,13 @@ class Position(SQLModel, table=True):
         UniqueConstraint("id_a2a", "id_pendenza", name="uq_position_a2a"),
         UniqueConstraint("id_dominio", "iuv", name="uq_position_iuv"),
         UniqueConstraint("id_dominio", "nav", name="uq_position_nav"),
-        Index("ix_position_publication", "publication_state", "version", "published_version"),
+        # partial (migration 0009): a row outside the predicate has no entry to rewrite when it changes
+        Index("ix_position_publication_queue", "publication_state", "id",
+              postgresql_where=text("publication_state IN ('PENDING', 'FAILED')"),
+              sqlite_where=text("publication_state IN ('PENDING', 'FAILED')")),
         Index("ix_position_debtor", "id_dominio", "debtor_id"),
-        Index("ix_position_document", "id_dominio", "document_id"),
+        Index("ix_position_document", "id_dominio", "document_id",
+              postgresql_where=text("document_id IS NOT NULL"), sqlite_where=text("document_id IS NOT NULL")),
     )
     id: int | None = Field(default=None, primary_key=True)
     id_a2a: str = Field(foreign_key="application.id_a2a", max_length=35)
@@ -84,9 +88,9 @@ class Position(SQLModel, table=True):
     amount: Decimal = money_field()
     iuv: str | None = Field(default=None, max_length=35)
     nav: str | None = Field(default=None, max_length=18)
-    iupd: str | None = Field(default=None, max_length=100, index=True)
+    iupd: str | None = Field(default=None, max_length=100)
     valid_until: date | None = Field(default=None)
-    due_date: date | None = Field(default=None, index=True)
+    due_date: date | None = Field(default=None)
     year: int | None = Field(default=None)
     cartella: str | None = Field(default=None, max_length=35)
     taxonomy: str | None = Field(default=None, max_length=140)
@@ -97,7 +101,8 @@ class Position(SQLModel, table=True):
     document_description: str | None = Field(default=None, max_length=140)
     instalment: int | None = Field(default=None)
     threshold: str | None = Field(default=None, max_length=35)
-    state: str = enum_field(PositionState, default=PositionState.NON_ESEGUITA, index=True)
+    # not indexed (migration 0009): a change of state then rewrites no index entry (a HOT update on PostgreSQL)
+    state: str = enum_field(PositionState, default=PositionState.NON_ESEGUITA)
     state_description: str | None = Field(default=None, max_length=255)
     anomaly: str | None = Field(default=None, max_length=255)
     paid_without_receipt: bool = Field(default=False)
@@ -110,7 +115,7 @@ class Position(SQLModel, table=True):
     publication_attempts: int = Field(default=0)
     publication_claimed_until: datetime | None = ts_field()  # a publisher is sending it to GPD/ACA until then
     created_at: datetime = created_field()
-    updated_at: datetime | None = ts_field(index=True)
+    updated_at: datetime | None = ts_field()
     paid_at: datetime | None = ts_field()
     cashed_at: datetime | None = ts_field()
     annulled_at: datetime | None = ts_field()

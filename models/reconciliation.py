@@ -71,13 +71,13 @@ class TransferLabel(SQLModel, table=True):
 
     __tablename__ = "transfer_label"
     __table_args__ = (
-        UniqueConstraint("id_dominio", "subject", "subject_key", "label", name="uq_transfer_label"),
-        Index("ix_transfer_label", "id_dominio", "label"),
+        # label second: it also serves lookups by (EC, label), so no other index is kept up (migration 0009)
+        UniqueConstraint("id_dominio", "label", "subject", "subject_key", name="uq_transfer_label"),
     )
     id: int | None = Field(default=None, primary_key=True)
     id_dominio: str = Field(max_length=11)
     subject: str = Field(max_length=12)
-    subject_key: str = Field(max_length=120)
+    subject_key: int  # the subject's id (collection, line, flow, movement): ordered as written (migration 0009)
     label: str = enum_field(Label)
     iuv: str | None = Field(default=None, max_length=35)
     iur: str | None = Field(default=None, max_length=35)

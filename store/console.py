@@ -20,7 +20,7 @@ from models.journal import Event
 from models.notifications import Notification
 from models.payments import Collection, CollectionState, PaymentAttempt, Receipt
 from models.positions import Position
-from models.reconciliation import MatchSuggestion, Reconciliation, SuggestionState, TransferLabel
+from models.reconciliation import Label, MatchSuggestion, Reconciliation, SuggestionState, TransferLabel
 from models.registry import Creditor, Operator, OperatorGrant
 from models.reporting import ReportingFlow, ReportingLine
 from models.treasury import TreasuryMovement
@@ -503,11 +503,12 @@ def labels_of(session: Session, *, id_dominio: str, subject: str, keys: list[str
         for key, label in session.exec(
             select(TransferLabel.subject_key, TransferLabel.label).where(
                 TransferLabel.id_dominio == id_dominio,
+                col(TransferLabel.label).in_(list(Label)),  # uq_transfer_label leads with (EC, label)
                 TransferLabel.subject == subject,
-                col(TransferLabel.subject_key).in_(keys),
+                col(TransferLabel.subject_key).in_([int(k) for k in keys]),
             )
         ).all():
-            out.setdefault(key, []).append(label)
+            out.setdefault(str(key), []).append(label)
     return out
 
 

@@ -34,6 +34,7 @@ from rules.movement_dedupe import (
     pair_twins,
 )
 from rules.riconciliazioni import CAUSALE_INVALID
+from store.reconciliation import cashed_by
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,7 @@ def merge_into_journal(
         )
     )
     complete_journal_movement(session, journal=journal, api=_values(api))
+    paid = cashed_by(submitted)
     submitted.movement_id = journal.id
     if (
         submitted.state == ReconciliationState.ERRORE
@@ -166,7 +168,9 @@ def merge_into_journal(
     elif journal.reference_kind == "iuv" and journal.reference:
         submitted.iuv, submitted.id_flusso = journal.reference[:35], None
     session.add(submitted)
-    session.execute(update(Collection).where(Collection.movement_id == api.id).values(movement_id=journal.id))
+    if paid is not None:  # what the API's money cashed (the riconciliazione as it was) follows the journal's
+        session.execute(update(Collection).where(paid, Collection.movement_id == api.id)
+                        .values(movement_id=journal.id))
     # labels are recomputed by every reconcile run: the API movement's own go, the others follow the money
     session.execute(
         delete(TransferLabel).where(TransferLabel.movement_id == api.id, TransferLabel.subject == "movement")

@@ -31,7 +31,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
-    cast,
     delete,
     exists,
     func,
@@ -190,7 +189,15 @@ def reconcile_ec(session: Session, *, id_dominio: str, now: datetime | None = No
         with phase("suggestions"):
             summary.suggestions = _suggest(session, id_dominio=id_dominio, now=now)
         with phase("labels"):
+            postgresql_ = session.get_bind().dialect.name == "postgresql"
+            if postgresql_:
+                # each INSERT below reads the table it writes (what is missing?). Planned on a table still
+                # empty, a nested loop scanned it again for every row it added: minutes on a large first run.
+                # Hashing what the table held when the statement began is right at every size.
+                session.connection().exec_driver_sql("SET LOCAL enable_nestloop = off")
             summary.labels = _relabel(session, decided, id_dominio=id_dominio, now=now)
+            if postgresql_:
+                session.connection().exec_driver_sql("SET LOCAL enable_nestloop = on")
     # the statements above bypass the ORM: objects the caller holds reload what they became
     session.expire_all()
     return summary
@@ -330,8 +337,11 @@ def _apply_flows(session: Session, decided: Table, *, id_dominio: str, now: date
     ).all()
     summary.without_receipt = len(created)
     if created:
+        # the line now has its collection: it no longer waits for a receipt (an anomaly stays as it was)
         session.execute(update(LINE).where(ln.id == bindparam("line"))
-                        .values(collection_id=bindparam("created")),
+                        .values(collection_id=bindparam("created"),
+                                state=case((ln.state == LineState.NO_RECEIPT, LineState.LINKED.value),
+                                           else_=ln.state)),
                         [{"line": line_id, "created": collection_id} for collection_id, line_id in created])
     # each collection of a cashed flow takes the first movement that cashed it: joined once, not per row
     r = RECONCILIATION.c
@@ -401,6 +411,27 @@ def _apply_singles(session: Session, decided: Table, *, id_dominio: str, now: da
                                                  c.state == CollectionState.RISCOSSA)
                         .values(state=CollectionState.INCASSATA, cashed_at=now,
                                 movement_id=bindparam("movement")), cash)
+
+
+def cashed_by(reconciliation: Reconciliation) -> ColumnElement[bool] | None:
+    """The collections a riconciliazione's money pays, found through indexed columns; None if it names none.
+
+    By flow: every collection of the flow's lines (several transfers may pay one flow; ``movement_id`` names
+    the first). Single: the IUV's collections this movement cashed. ``collection.movement_id`` is deliberately
+    not indexed (migration 0009): cashing a collection then rewrites none of its index entries, so the flow's
+    lines or the IUV narrow the rows first.
+    """
+    c = COLLECTION.c
+    if reconciliation.movement_id is None:
+        return None
+    if reconciliation.flow_id is not None:
+        return c.flow_line_id.in_(select(LINE.c.id).where(LINE.c.flow_id == reconciliation.flow_id))
+    if reconciliation.iuv:
+        # the treasury may have changed an RF reference's case: the collection keeps pagoPA's
+        return and_(c.id_dominio == reconciliation.id_dominio,
+                    c.iuv.in_({reconciliation.iuv, reconciliation.iuv.upper()}),
+                    c.movement_id == reconciliation.movement_id)
+    return None
 
 
 def _apply_positions(session: Session, *, id_dominio: str, now: datetime) -> None:
@@ -528,15 +559,15 @@ def _relabel(session: Session, decided: Table, *, id_dominio: str, now: datetime
         same_values = (value.is_not_distinct_from(t[name])
                        for name, value in zip(_PAYLOAD, family.payload, strict=True))
         still = (select(literal(1)).select_from(family.source)
-                 .where(*family.conditions, family.key == cast(t.subject_key, Integer), *same_values))
+                 .where(*family.conditions, family.key == t.subject_key, *same_values))
         dropped = session.execute(delete(LABEL).where(*same, ~still.exists())).rowcount
         _fresh_statistics(session, LABEL, changed=dropped)
         held = LABEL.alias("held")
         missing = ~exists().where(held.c.id_dominio == id_dominio, held.c.subject == family.subject,
                                   held.c.label == family.label,
-                                  held.c.subject_key == cast(family.key, String))
+                                  held.c.subject_key == family.key)
         added = session.execute(insert(LABEL).from_select(columns, select(
-            literal(id_dominio, String), literal(family.subject, String), cast(family.key, String),
+            literal(id_dominio, String), literal(family.subject, String), family.key,
             literal(family.label, String), *family.payload, literal(now, UTCDateTime()),
         ).select_from(family.source).where(*family.conditions, missing))
             # SQLAlchemy keeps an INSERT's rowcount only when asked (-1 otherwise): without it the table

@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Integer, and_, case, cast, func, or_, select
+from sqlalchemy import and_, case, func, or_, select
 from sqlmodel import Session, col
 
 from models.payments import Collection, CollectionState
@@ -294,7 +294,7 @@ def _anomalies(
             session.scalars(
                 select(TransferLabel)
                 .where(TransferLabel.id_dominio == id_dominio, TransferLabel.label == label)
-                .order_by(col(TransferLabel.subject), cast(TransferLabel.subject_key, Integer))
+                .order_by(col(TransferLabel.subject), col(TransferLabel.subject_key))
                 .limit(max_items)
             )
         )

@@ -48,6 +48,7 @@ from store.movement_dedupe import (
     facts_of,
     is_api_movement,
 )
+from store.reconciliation import cashed_by
 
 ROME = ZoneInfo("Europe/Rome")
 DEDUPE_PREFIX = API_PREFIX
@@ -397,14 +398,9 @@ def covered_collections(session: Session, *, reconciliation: Reconciliation) -> 
     """The riscossioni a riconciliazione cashed (none until it is ACQUISITO), then other brokers' lines."""
     if reconciliation.state != ReconciliationState.ACQUISITO or reconciliation.movement_id is None:
         return []
-    cond: Any = Collection.movement_id == reconciliation.movement_id
-    if reconciliation.flow_id is not None:
-        cond = or_(
-            cond,
-            col(Collection.flow_line_id).in_(
-                select(ReportingLine.id).where(ReportingLine.flow_id == reconciliation.flow_id)
-            ),
-        )
+    cond = cashed_by(reconciliation)
+    if cond is None:
+        return []
     collections = list(
         session.exec(
             select(Collection)

@@ -479,6 +479,8 @@ def test_outcome_9_line_closes_the_debt_without_receipt(book: Book) -> None:
     assert final.labels == CASHED
     assert final.positions == {"paid": ("INCASSATA", False), "no_rpt": ("INCASSATA", True)}
     assert (COMUNE, no_rpt, 1, "INCASSATA", True) in final.collections
+    # with its collection the line waits for no receipt any more (it left the receipts backlog)
+    assert sorted(line[:4] for line in final.lines) == sorted([(paid, 1, 0, "LINKED"), (no_rpt, 1, 9, "LINKED")])
     assert final.receipts == [(paid, "ACCEPTED")]
 
 

@@ -68,7 +68,7 @@ def test_labels_follow_their_values_and_a_run_with_nothing_new_writes_nothing(s:
 
 def test_a_label_no_rule_gives_goes(s: Session) -> None:
     a = paid_position(s, amount="4.00")
-    s.add(TransferLabel(id_dominio=EC, subject="movement", subject_key="999", label="RT_IUF"))
+    s.add(TransferLabel(id_dominio=EC, subject="movement", subject_key=999, label="RT_IUF"))
     s.commit()
     summary = reconcile_ec(s, id_dominio=EC)
     s.commit()
