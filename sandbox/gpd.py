@@ -8,7 +8,8 @@ reached, at once without one) --payments--> PARTIALLY_PAID (some instalments) --
 reported--> REPORTED; PUBLISHED/VALID/EXPIRED --invalidate--> INVALID (terminal: the IUPD and its IUVs
 stay taken); VALID --past the last due date with ``switchToExpired``--> EXPIRED. Only DRAFT, PUBLISHED
 and VALID positions can be updated or deleted; only DRAFT can be published.
-Dates without an offset are read as UTC; dates are written as UTC with ``Z``.
+Dates without an offset are read as UTC; dates are written as UTC with ``Z`` (ACA's ``expirationDate``,
+a ``local-date-time``, as UTC without offset).
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ def iso(value: datetime | None) -> str | None:
     if value is None:
         return None
     return _aware(value).astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def local_iso(value: datetime) -> str:
+    """UTC ISO-8601 without offset, for the spec fields typed ``local-date-time``."""
+    return _aware(value).astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds")
 
 
 def cents(value: Decimal) -> int:
@@ -681,7 +687,8 @@ def _aca_response(state: SandboxState, position: Position, now: datetime) -> dic
         "nav": option.nav,
         "amount": option.amount_cents,
         "description": option.description,
-        "expirationDate": iso(option.due_date),
+        # DebtPositionResponse declares a local-date-time (a Java LocalDateTime): UTC without offset.
+        "expirationDate": local_iso(option.due_date),
         "iban": transfer.iban,
         **({"postalIban": transfer.postal_iban} if transfer.postal_iban else {}),
         "switchToExpired": position.switch_to_expired,

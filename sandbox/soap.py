@@ -163,7 +163,8 @@ def soap_fault_envelope(*, faultcode: str, faultstring: str, detail: str | None 
     etree.SubElement(fault, "faultcode").text = faultcode
     etree.SubElement(fault, "faultstring").text = faultstring
     if detail:
-        etree.SubElement(fault, "detail").text = detail
+        # <detail> is element-only in the SOAP 1.1 envelope.xsd: the text goes in a child element.
+        etree.SubElement(etree.SubElement(fault, "detail"), "description").text = detail
     return etree.tostring(env, xml_declaration=True, encoding="UTF-8")
 
 
