@@ -1,5 +1,6 @@
 """Downloading reporting flows from the sandbox over FdR REST (httpx) and the legacy SOAP service (zeep):
-first run, re-run, revisions, anomalies, unknown ECs, faults and retries, paging, bad XML, Ragioneria."""
+first run, re-run, revisions, anomalies, unknown ECs, faults and retries, paging, bad and hostile XML,
+Ragioneria."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from lxml import etree
 from sqlmodel import Session, col, select
 
 from connectors.pagopa.config import get_endpoints
@@ -723,3 +726,170 @@ def test_ragioneria_reads_over_http(env: Database, sandbox: Any) -> None:
             for f in revs
             if f.id_flusso == ids[SCUOLA]
         )
+
+
+# --- hostile XML over the legacy SOAP service -----------------------------------------------------
+
+LOL_BOMB = (  # "billion laughs": &lol9; is 10^9 times "lol"
+    '<!DOCTYPE FlussoRiversamento [\n<!ENTITY lol0 "lol">\n'
+    + "".join(f'<!ENTITY lol{n} "{f"&lol{n - 1};" * 10}">\n' for n in range(1, 10))
+    + "]>\n"
+).encode()
+XXE = b'<!DOCTYPE FlussoRiversamento [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>\n'
+
+
+def hostile(spec: FlowSpec, *, doctype: bytes, entity: bytes, padding: int = 0) -> bytes:
+    """The spec's flow with ``doctype`` in its prolog and ``&entity;`` as the PSP's name and first IUR.
+
+    ``padding`` bytes of comment before the DOCTYPE hide it from a look at the document's first 64 KiB.
+    """
+    xml = build_flow_xml(spec)
+    declaration, rest = xml.split(b"\n", 1)
+    comment = b"<!--" + b"x" * padding + b"-->\n" if padding else b""
+    reference = b"&" + entity + b";"
+    rest = rest.replace(
+        f"<denominazioneMittente>{spec.psp_name}<".encode(), b"<denominazioneMittente>" + reference + b"<"
+    ).replace(
+        f"<identificativoUnivocoRiscossione>{spec.payments[0].iur}<".encode(),
+        b"<identificativoUnivocoRiscossione>" + reference + b"<",
+    )
+    assert reference in rest
+    return declaration + b"\n" + comment + doctype + rest
+
+
+def database_text(db: Database) -> str:
+    """Every row of every table (the journal included) as text, to search for leaked content."""
+    from sqlalchemy import select as sa_select
+
+    from models.tables import metadata
+
+    with db.engine.connect() as conn:
+        return "\n".join(
+            repr(tuple(row)) for table in metadata.sorted_tables for row in conn.execute(sa_select(table))
+        )
+
+
+def test_hostile_xml_flows_are_refused_and_the_run_goes_on(env: Database, sandbox: Any) -> None:
+    """An entity bomb and an external entity (file:///etc/passwd) served over nodoChiediFlussoRendicontazione
+    are refused with a journal entry; nothing of theirs is stored, the run's other flows are."""
+    st = sandbox.state
+    with env.session() as s:
+        good = [paid(s, st, ec=SCUOLA, n=n, amounts=["20.00"]) for n in (1, 2)]
+        later = iuv(SCUOLA, 3)
+        make_paid(s, id_dominio=SCUOLA, iuv=later, amounts=[Decimal("9.00")], psp_id=PSP_B)
+        s.commit()
+    settled_id = settle(sandbox)["flows"][0]["idFlusso"]
+    bomb = spec_of(SCUOLA, PSP_B, "S0000000101", [(iuv(SCUOLA, 40), "IURBOMB", "1.00")])
+    bomb_xml = hostile(bomb, doctype=LOL_BOMB, entity=b"lol9")
+    publish(st, bomb, xml=bomb_xml)
+    xxe = spec_of(SCUOLA, PSP_B, "S0000000102", [(iuv(SCUOLA, 41), "IURXXE", "1.00")])
+    xxe_xml = hostile(xxe, doctype=XXE, entity=b"xxe", padding=70_000)
+    publish(st, xxe, xml=xxe_xml)
+    after = spec_of(SCUOLA, PSP_B, "S0000000103", [(later, "IURLATER", "9.00")])  # listed after both
+    publish(st, after)
+    passwd = Path("/etc/passwd").read_text(encoding="utf-8").splitlines()[0]
+    # The document really is hostile: a parser that resolves entities reads the file into the flow.
+    naive = etree.fromstring(xxe_xml, etree.XMLParser(resolve_entities=True, load_dtd=True, no_network=True))
+    assert passwd in etree.tostring(naive, encoding="unicode")
+
+    summary = run(SCUOLA)
+    assert summary.failures == {}
+    outcome = {o.id_flusso: o for o in summary.outcomes}
+    assert [o.id_flusso for o in summary.outcomes].index(after.id_flusso) > [
+        o.id_flusso for o in summary.outcomes
+    ].index(xxe.id_flusso)  # the run carried on past the refused flows
+    for spec in (bomb, xxe):
+        refused = outcome[spec.id_flusso]
+        assert (refused.status, refused.lines) == ("REFUSED", 0)
+        assert refused.error.startswith("unsafe: ") and "DOCTYPE" in refused.error
+    assert (outcome[settled_id].status, outcome[settled_id].linked) == ("STORED", 2)
+    assert (outcome[after.id_flusso].status, outcome[after.id_flusso].linked) == ("STORED", 1)
+    with env.session() as s:
+        stored = {f.id_flusso for f in s.exec(select(ReportingFlow))}
+        assert stored == {settled_id, after.id_flusso}
+        assert s.exec(select(ReportingLine).where(col(ReportingLine.iuv).in_(good))).all()
+        hostile_lines = select(ReportingLine).where(
+            col(ReportingLine.iuv).in_([bomb.payments[0].iuv, xxe.payments[0].iuv])
+        )
+        assert s.exec(hostile_lines).all() == []
+        for spec, document in ((bomb, bomb_xml), (xxe, xxe_xml)):
+            [entry] = events(s, component="reporting", id_flusso=spec.id_flusso)
+            assert (entry.outcome, entry.fault_code, entry.id_dominio) == ("KO", "FR_UNSAFE", SCUOLA)
+            assert entry.id_flusso == spec.id_flusso and "DOCTYPE" in (entry.error or "")
+            # The document is kept for the operator exactly as received: never expanded, never resolved.
+            assert entry.response_payload == document.decode()
+    everything = database_text(env)
+    assert passwd not in everything and "root:x:0:0" not in everything
+    assert "lol" * 10 not in everything  # the bomb's declarations hold references ("&lol0;"), never "lollol"
+
+
+# --- anomalies 007115 and 007116 through a download run ---------------------------------------------
+
+
+def test_duplicate_line_and_wrong_receiver_through_a_run(env: Database, sandbox: Any) -> None:
+    """007115 over both protocols (FdR checks only that payment indexes are unique; the FR XSD has no key),
+    007116 over SOAP (the Node files a legacy flow under the EC of the request, the XML names its own)."""
+    st = sandbox.state
+    with env.session() as s:
+        rest_dup, rest_other = iuv(COMUNE, 60), iuv(COMUNE, 61)
+        soap_dup, soap_other, misrouted = iuv(SCUOLA, 60), iuv(SCUOLA, 61), iuv(SCUOLA, 62)
+        for ec, code, amount in (
+            (COMUNE, rest_dup, "5.00"),
+            (COMUNE, rest_other, "6.00"),
+            (SCUOLA, soap_dup, "5.00"),
+            (SCUOLA, soap_other, "6.00"),
+            (SCUOLA, misrouted, "7.00"),
+        ):
+            make_paid(s, id_dominio=ec, iuv=code, amounts=[Decimal(amount)], psp_id=PSP_B)
+        s.commit()
+    duplicated = {
+        ec: spec_of(
+            ec, PSP_B, f"D{n}", [(dup, "IURDUP", "5.00"), (dup, "IURDUP", "5.00"), (other, "IUROTH", "6.00")]
+        )
+        for n, (ec, dup, other) in enumerate(((COMUNE, rest_dup, rest_other), (SCUOLA, soap_dup, soap_other)))
+    }
+    for spec in duplicated.values():
+        publish(st, spec)
+    # Listed by the Node for the Scuola, but the document is addressed to the Comune.
+    to_scuola = spec_of(SCUOLA, PSP_B, "W0000000116", [(misrouted, "IURMIS", "7.00")])
+    publish(st, to_scuola, xml=build_flow_xml(dataclasses.replace(to_scuola, ec_fiscal_code=COMUNE)))
+
+    summary = run()
+    assert summary.failures == {}
+    outcome = {o.id_flusso: o for o in summary.outcomes}
+    with env.session() as s:
+        for ec, dup, other in ((COMUNE, rest_dup, rest_other), (SCUOLA, soap_dup, soap_other)):
+            spec = duplicated[ec]
+            assert (outcome[spec.id_flusso].status, outcome[spec.id_flusso].state) == ("STORED", "ANOMALA")
+            flow = s.exec(select(ReportingFlow).where(ReportingFlow.id_flusso == spec.id_flusso)).one()
+            assert (flow.id_dominio, flow.source, flow.state) == (
+                ec,
+                "FDR_REST" if ec == COMUNE else "SOAP",
+                "ANOMALA",
+            )
+            assert [a["codice"] for a in flow.anomalies["flusso"]] == ["007115"]
+            assert flow.anomalies["righe"] == {"007115": 1}
+            lines = lines_by_iuv(s, flow.id)
+            first, repeated = lines[dup]
+            assert (first.state, first.anomalies, repeated.state) == ("LINKED", None, "ANOMALA")
+            assert [a["codice"] for a in repeated.anomalies] == ["007115"]
+            assert "IURDUP" in repeated.anomalies[0]["descrizione"]
+            assert repeated.collection_id is None and repeated.position_id == first.position_id
+            assert lines[other][0].state == "LINKED"
+            collection = s.exec(select(Collection).where(Collection.iuv == dup)).one()
+            assert collection.flow_line_id == first.id  # the payment is reported once, by the first line
+
+        misrouted_flow = s.exec(
+            select(ReportingFlow).where(ReportingFlow.id_flusso == to_scuola.id_flusso)
+        ).one()
+        assert (misrouted_flow.id_dominio, misrouted_flow.state) == (SCUOLA, "ANOMALA")
+        [wrong_ec] = misrouted_flow.anomalies["flusso"]
+        assert wrong_ec["codice"] == "007116" and COMUNE in wrong_ec["descrizione"]
+        assert outcome[to_scuola.id_flusso].flow_anomalies[0].startswith("007116 ")
+        [line] = lines_by_iuv(s, misrouted_flow.id)[misrouted]
+        assert (line.state, line.anomalies, line.collection_id) == ("UNKNOWN", None, None)
+        # Kept for the record, never linked: the Scuola's payment of that IUV is still unreported.
+        assert s.exec(select(Collection).where(Collection.iuv == misrouted)).one().flow_line_id is None
+        assert s.exec(select(ReportingFlow).where(ReportingFlow.id_dominio == COMUNE)).all() == [
+            s.exec(select(ReportingFlow).where(ReportingFlow.id_flusso == duplicated[COMUNE].id_flusso)).one()
+        ]
