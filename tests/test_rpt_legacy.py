@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import httpx
 import pytest
 from lxml import etree
-from sqlmodel import select
+from sqlmodel import Session, col, select
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
+from connectors.ente.notifications import NotificationClient
+from connectors.pagopa.config import get_endpoints
 from connectors.pagopa.nodo_rpt import rpt_rt_schema
+from models.db import get_engine
+from models.journal import Event
 from models.notifications import Notification
 from models.payments import Collection, PaymentAttempt, Receipt
 from models.positions import Position
@@ -20,11 +28,15 @@ from models.types import utcnow
 from rules.xmlsafe import parse_xml
 from sandbox.nodo_soap import legacy_state, paa_invia_rt_envelope
 from tests.conftest import Database
+from tests.factories_payments import Recorder, set_notification_endpoint
+from tests.live_server import free_port, live_server
 from tests.platform_env import STATION_KEY, PlatformEnv
 from tests.portal_env import ISTITUTO, SCUOLA, STATION_02, api, make_school_position, portal_env, school_body
 from web.pagamenti import rt_legacy_prefix
 
 PAY = "http://www.digitpa.gov.it/schemas/2011/Pagamenti/"
+SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
+NOTIFY_SECRET_ENV = "PAGOFLOW_NOTIFY_SCUOLA_PASSWORD"
 
 
 @pytest.fixture
@@ -68,6 +80,41 @@ def paa_invia_rt(env: PlatformEnv, body: bytes, *, key: str | None = STATION_KEY
 def esito(response: httpx.Response) -> tuple[str | None, str | None]:
     root = parse_xml(response.content)
     return root.findtext(".//esito"), root.findtext(".//fault/faultCode")
+
+
+def node_events(db: Database, operation: str, iuv: str | None = None) -> list[Event]:
+    """The journal's record of our calls to the Node's RPT service, oldest first."""
+    with db.session() as s:
+        stmt = select(Event).where(Event.component == "nodo_rpt", Event.operation == operation)
+        if iuv is not None:
+            stmt = stmt.where(Event.iuv == iuv)
+        return list(s.exec(stmt.order_by(col(Event.id))).all())
+
+
+def use_node(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    """Point the platform (web process and recovery) at another Node URL."""
+    monkeypatch.setenv("PAGOFLOW_PAGOPA_NODO_URL", url)
+    get_endpoints.cache_clear()
+
+
+def mangling_node(sandbox_url: str, mangles: dict[str, Callable[[etree._Element], None]]) -> Starlette:
+    """A Node in front of the sandbox's: the answer payload of an operation in ``mangles`` is altered."""
+
+    async def nodo(request: Request) -> Response:
+        headers = {k: v for k, v in request.headers.items() if k in ("content-type", "soapaction")}
+        async with httpx.AsyncClient(timeout=10) as client:
+            answer = await client.post(
+                f"{sandbox_url}/nodo/nodoPerPa", content=await request.body(), headers=headers
+            )
+        content = answer.content
+        mangle = mangles.get(request.headers.get("soapaction", "").strip('"'))
+        if mangle is not None:
+            root = parse_xml(content)
+            mangle(root.find(f"{{{SOAP_ENV}}}Body")[0])  # type: ignore[index]
+            content = etree.tostring(root)
+        return Response(content, status_code=answer.status_code, media_type="text/xml; charset=utf-8")
+
+    return Starlette(routes=[Route("/nodo/nodoPerPa", nodo, methods=["POST"])])
 
 
 def test_a_cart_of_three_rpts_is_accepted_paid_and_applied(env: PlatformEnv, db: Database) -> None:
@@ -164,10 +211,22 @@ def test_a_cart_of_three_rpts_is_accepted_paid_and_applied(env: PlatformEnv, db:
         assert len(s.exec(select(Receipt).where(Receipt.id_dominio == ISTITUTO)).all()) == 3
 
 
-def test_a_lost_rt_is_recovered_with_nodo_chiedi_copia_rt(env: PlatformEnv, db: Database) -> None:
+def test_a_lost_rt_is_recovered_with_nodo_chiedi_copia_rt(
+    env: PlatformEnv, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks.notifications import deliver_batch
     from tasks.rpt import recover_pending_rpts
 
     position = make_school_position(db, "GITA-LOST", "21.00", scenario="02")  # 9902…: the Node loses the RT
+    # the school's application takes notifications (served below, once the receipt is there)
+    monkeypatch.setenv(NOTIFY_SECRET_ENV, "s3gr3to-scuola")
+    app_port = free_port()
+    set_notification_endpoint(
+        db,
+        id_a2a="A2A-SCUOLA",
+        url=f"http://127.0.0.1:{app_port}/govpay-ente",
+        secret_ref=f"env:{NOTIFY_SECRET_ENV}",
+    )
     assert position.iuv is not None and position.iuv.startswith("9902")
     with api(env, SCUOLA) as c:
         r = c.post("/pagamenti", json={"pendenze": [{"idA2A": "A2A-SCUOLA", "idPendenza": "GITA-LOST"}]})
@@ -205,9 +264,34 @@ def test_a_lost_rt_is_recovered_with_nodo_chiedi_copia_rt(env: PlatformEnv, db: 
             paid["rts"][0]["rtId"],
             attempt.id,
         )
+        note = s.exec(select(Notification).where(Notification.receipt_pk == receipt.id)).one()
+        assert (note.id_a2a, note.iuv, note.state) == ("A2A-SCUOLA", position.iuv, "PENDING")
+    # the journal: the state asked twice (unpaid, then RT), the copy once, and it came back OK
+    assert [e.outcome for e in node_events(db, "nodoChiediStatoRPT", position.iuv)] == ["OK", "OK"]
+    (copy_rt,) = node_events(db, "nodoChiediCopiaRT", position.iuv)
+    assert (copy_rt.outcome, copy_rt.role, copy_rt.id_dominio) == ("OK", "CLIENT", ISTITUTO)
     assert state_of(env, out["id"])["stato"] == "ESEGUITO"
     # done: nothing left to ask
     assert recover_pending_rpts(now=later + timedelta(days=2)).checked == 0
+
+    # the recovered receipt reaches the school's application like a pushed one (the notify flow's batch)
+    recorder = Recorder()
+    with live_server(recorder.app(), port=app_port):
+        with NotificationClient(timeout=10) as client:
+            batch = deliver_batch(
+                client=client,
+                session_factory=lambda: Session(get_engine(), expire_on_commit=False),
+                batch_size=10,
+                now=later + timedelta(minutes=12),
+                concurrency=1,
+                timeout=10,
+            )
+    assert (batch.claimed, batch.delivered) == (1, 1)
+    (call,) = recorder.calls
+    assert call["path"] == (ISTITUTO, position.iuv, paid["rts"][0]["rtId"])
+    assert (call["body"]["fonte"], call["body"]["pendenza"]["idPendenza"]) == ("PULL", "GITA-LOST")
+    with db.session() as s:
+        assert s.get(Notification, note.id).state == "DELIVERED"  # type: ignore[union-attr]
 
 
 def test_an_rpt_refused_by_the_node_fails_the_session(env: PlatformEnv, db: Database) -> None:
@@ -248,6 +332,126 @@ def test_the_recovery_gives_up_after_five_tries_with_exponential_backoff(
     assert (attempt.state, attempt.recovery_attempts) == ("RPT_SCADUTA", 5)
     assert recover_pending_rpts(now=now + timedelta(days=1)).checked == 0
     assert state_of(env, payment_id)["stato"] == "NON_ESEGUITO"
+
+
+def test_a_node_answer_against_the_schema_is_a_failed_send_not_an_acceptance(
+    env: PlatformEnv, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks.rpt import recover_pending_rpts
+
+    def without_esito(answer: etree._Element) -> None:
+        for child in list(answer):  # esito is mandatory (zeep alone read this as a KO: a refusal)
+            answer.remove(child)
+
+    def redirect_not_an_int(answer: etree._Element) -> None:
+        answer.find("redirect").text = "si"  # type: ignore[union-attr]  # xsd:int (zeep alone let it pass)
+
+    mangles: dict[str, Callable[[etree._Element], None]] = {}
+    cases = (
+        ("GITA-XSD-1", without_esito, "Missing child element", 'telematici.gov/"/></soapenv:Body>'),
+        ("GITA-XSD-2", redirect_not_an_int, "'si' is not a valid value", "<redirect>si</redirect>"),
+    )
+    attempts = []
+    with live_server(mangling_node(env.sandbox_url, mangles)) as node:
+        use_node(monkeypatch, node + "/nodo/nodoPerPa")
+        for id_pendenza, mangle, problem, answered in cases:
+            make_school_position(db, id_pendenza, "4.00")
+            mangles["nodoInviaRPT"] = mangle
+            with api(env, SCUOLA) as c:
+                r = c.post(
+                    "/pagamenti", json={"pendenze": [{"idA2A": "A2A-SCUOLA", "idPendenza": id_pendenza}]}
+                )
+            assert r.status_code == 502, r.text
+            detail = r.json()["dettaglio"]
+            assert r.json()["categoria"] == "PAGOPA"
+            assert "invalid against gad/wsdl/NodoPerPa.wsdl" in detail and problem in detail
+            payment_id = r.headers["location"].rsplit("/", 1)[-1]
+            (attempt,) = attempts_of(db, payment_id)
+            assert attempt.state == "RPT_ERRORE_INVIO_A_NODO" and problem in (attempt.last_error or "")
+            assert (attempt.session_id, attempt.redirect_url) == (None, None)
+            assert state_of(env, payment_id)["stato"] == "FALLITO"
+            (event,) = node_events(db, "nodoInviaRPT", attempt.iuv)
+            assert event.outcome == "FAIL" and (event.error or "").startswith("PagopaSchemaError")
+            assert answered in (event.response_payload or "")
+            attempts.append(attempt)
+
+        # the Node did take both RPTs: the recovery finds them there and waits for their RTs
+        assert {r.iuv for r in legacy_state(env.sandbox.state).rpts.values()} == {a.iuv for a in attempts}
+        mangles.clear()
+        summary = recover_pending_rpts(now=utcnow() + timedelta(hours=1))
+    assert summary.outcomes == {"PENDING": 2}
+    for attempt in attempts:
+        (after,) = attempts_of(db, attempt.cart_id or "")
+        assert (after.state, after.recovery_attempts) == ("RPT_ACCETTATA_NODO", 1)
+
+
+def test_an_unreachable_node_fails_the_send_and_the_recovery_gives_up(
+    env: PlatformEnv, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks.rpt import recover_pending_rpts
+
+    position = make_school_position(db, "GITA-DOWN", "6.00")
+    pay = {"pendenze": [{"idA2A": "A2A-SCUOLA", "idPendenza": "GITA-DOWN"}]}
+    use_node(monkeypatch, f"http://127.0.0.1:{free_port()}/nodo/nodoPerPa")  # nobody listens there
+    with api(env, SCUOLA) as c:
+        r = c.post("/pagamenti", json=pay)
+    assert r.status_code == 502, r.text
+    assert r.json()["categoria"] == "PAGOPA" and "Connection refused" in r.json()["dettaglio"]
+    payment_id = r.headers["location"].rsplit("/", 1)[-1]
+    (attempt,) = attempts_of(db, payment_id)
+    assert attempt.state == "RPT_ERRORE_INVIO_A_NODO" and "ConnectionError" in (attempt.last_error or "")
+    assert state_of(env, payment_id)["stato"] == "FALLITO"
+    (event,) = node_events(db, "nodoInviaRPT", position.iuv)  # sent once: a send is never retried
+    assert event.outcome == "FAIL" and "ConnectionError" in (event.error or "")
+    assert legacy_state(env.sandbox.state).rpts == {}
+
+    # the Node is back and never got the RPT: the recovery stops asking; the notice can be paid again
+    use_node(monkeypatch, env.sandbox_url + "/nodo/nodoPerPa")
+    later = utcnow() + timedelta(hours=1)
+    assert recover_pending_rpts(now=later).outcomes == {"UNKNOWN": 1}
+    (attempt,) = attempts_of(db, payment_id)
+    assert (attempt.state, attempt.next_recovery_at) == ("RPT_ERRORE_INVIO_A_NODO", None)
+    assert "PPT_RPT_SCONOSCIUTA" in (attempt.last_error or "")
+    assert recover_pending_rpts(now=later + timedelta(days=1)).checked == 0
+    with api(env, SCUOLA) as c:
+        again = c.post("/pagamenti", json=pay)
+    assert again.status_code == 201, again.text
+    assert [a.state for a in attempts_of(db, again.json()["id"])] == ["RPT_ACCETTATA_NODO"]
+
+
+def test_a_legacy_cart_with_an_annulled_notice_is_refused_before_the_node(
+    env: PlatformEnv, db: Database
+) -> None:
+    make_school_position(db, "GITA-OK", "8.00")
+    annulled = make_school_position(db, "GITA-ANN", "9.00")
+    new = school_body("3.00") | {"idA2A": "A2A-SCUOLA", "idPendenza": "GITA-NEW"}
+    cart = [
+        {"idA2A": "A2A-SCUOLA", "idPendenza": "GITA-OK"},
+        {"idDominio": ISTITUTO, "numeroAvviso": annulled.nav},
+        new,
+    ]
+    with api(env, SCUOLA) as c:
+        patch = c.patch(
+            env.platform_url + "/api/pendenze/v2/pendenze/A2A-SCUOLA/GITA-ANN",
+            json=[{"op": "REPLACE", "path": "/stato", "value": "ANNULLATA"}],
+        )
+        assert patch.status_code == 200, patch.text
+        refused = c.post("/pagamenti", json={"pendenze": cart})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["codice"] == "PAG_002" and "GITA-ANN" in refused.json()["descrizione"]
+    with db.session() as s:
+        assert s.exec(select(PaymentAttempt)).all() == []
+        # the new position of the refused cart is not kept either
+        assert s.exec(select(Position).where(Position.id_pendenza == "GITA-NEW")).first() is None
+    assert node_events(db, "nodoInviaCarrelloRPT") == [] and node_events(db, "nodoInviaRPT") == []
+    assert legacy_state(env.sandbox.state).rpts == {}
+
+    # without the annulled notice the same cart goes to the Node
+    with api(env, SCUOLA) as c:
+        ok = c.post("/pagamenti", json={"pendenze": [cart[0], cart[2]]})
+    assert ok.status_code == 201, ok.text
+    assert [a.state for a in attempts_of(db, ok.json()["id"])] == ["RPT_ACCETTATA_NODO"] * 2
+    assert [e.outcome for e in node_events(db, "nodoInviaCarrelloRPT")] == ["OK"]
 
 
 # --- the pure rules behind them ---------------------------------------------------------------------------

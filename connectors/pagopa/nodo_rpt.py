@@ -3,8 +3,10 @@
 ``nodoInviaRPT`` (SOAP header ``intestazionePPT``) and ``nodoInviaCarrelloRPT``
 (``intestazioneCarrelloPPT``) hand the RPTs to the Node and answer where to send the debtor;
 ``nodoChiediStatoRPT`` and ``nodoChiediCopiaRT`` tell what became of an RPT whose RT never arrived.
-Every RPT is checked against ``gad/xsd/PagInf_RPT_RT_6_2_0.xsd`` before it leaves, and every RT copy when
-it arrives. The zeep client and its call path are ``connectors.pagopa.soap``'s.
+Every RPT is checked against ``gad/xsd/PagInf_RPT_RT_6_2_0.xsd`` before it leaves, every answer against the
+WSDL's own schemas (``validate_answers``) and every RT copy when it arrives. The zeep client and its call path
+are ``connectors.pagopa.soap``'s. A send whose answer is unreadable or invalid is not a refusal: the Node may
+hold the RPT, so the caller records it like a timeout.
 
 Sending an RPT is never retried here: after a timeout the Node may hold it, and a second send would be
 refused as ``PPT_RPT_DUPLICATA``. The caller records ``RPT_ERRORE_INVIO_A_NODO`` and the recovery asks the
@@ -113,6 +115,7 @@ class NodoRptClient(NodeSoapClient):
     binding = BINDING
     max_answer_bytes = MAX_ANSWER_BYTES
     not_found_faults = frozenset({"PPT_RPT_SCONOSCIUTA", "PPT_RT_NONDISPONIBILE"})
+    validate_answers = True
 
     def __init__(
         self,

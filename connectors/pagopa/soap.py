@@ -9,7 +9,9 @@ retries retriable faults with exponential backoff and classifies errors once:
 * timeouts, dropped connections, HTTP 5xx/429, cut or garbled answers, SOAP Faults and the Node fault
   ``PPT_SYSTEM_ERROR``: ``PagopaRetriableError``;
 * HTTP 401/403 and the Node's authentication faults: ``PagopaAuthError``;
-* answers that do not match the WSDL: ``PagopaSchemaError``;
+* answers that do not match the WSDL: ``PagopaSchemaError`` (zeep's strict parsing misses a missing last
+  element or a wrong type, so a client with ``validate_answers`` also checks each answer's payload against
+  the schemas inside its WSDL with lxml, before zeep reads it);
 * the client's ``not_found_faults``: ``PagopaNotFoundError``; any other Node fault or HTTP refusal:
   ``PagopaBusinessError`` (a client may refine it in ``_refusal``).
 
@@ -18,7 +20,10 @@ The Node sends its faults inside the answer element (``fault``) with HTTP 200.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -53,6 +58,8 @@ AUTH_FAULTS = frozenset(
     }
 )
 RETRIABLE_FAULTS = frozenset({"PPT_SYSTEM_ERROR"})
+SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
+_WSDL_NS, _XSD_NS = "http://schemas.xmlsoap.org/wsdl/", "http://www.w3.org/2001/XMLSchema"
 _SCHEMA_ERRORS = (
     zeep_errors.ValidationError,
     zeep_errors.XMLParseError,
@@ -63,12 +70,31 @@ _SCHEMA_ERRORS = (
 )
 
 
-class _Capture(Plugin):
-    """Keeps the last envelopes sent and received, serialised only when the journal needs them."""
+@lru_cache(maxsize=4)
+def wsdl_schemas(path: str) -> dict[str, etree.XMLSchema]:
+    """The schemas inside a WSDL's types, compiled once per process and keyed by target namespace."""
+    parser = etree.XMLParser(resolve_entities=False, no_network=True)
+    root = etree.parse(path, parser).getroot()
+    out: dict[str, etree.XMLSchema] = {}
+    for schema in root.findall(f"{{{_WSDL_NS}}}types/{{{_XSD_NS}}}schema"):
+        # an inline schema borrows prefixes from wsdl:definitions: re-root it with its full namespace map
+        standalone = etree.Element(schema.tag, nsmap=dict(schema.nsmap), attrib=dict(schema.attrib))
+        standalone.extend(copy.deepcopy(node) for node in schema)
+        doc = etree.fromstring(etree.tostring(standalone), parser, base_url=path)
+        out[schema.get("targetNamespace", "")] = etree.XMLSchema(doc)
+    return out
 
-    def __init__(self) -> None:
+
+class _Capture(Plugin):
+    """Keeps the last envelopes sent and received, serialised only when the journal needs them.
+
+    ``check`` sees each envelope received before zeep reads it, and may refuse it by raising.
+    """
+
+    def __init__(self, check: Callable[[etree._Element, str], None] | None = None) -> None:
         self.sent: etree._Element | None = None
         self.received: etree._Element | None = None
+        self.check = check
 
     def egress(self, envelope: Any, http_headers: Any, operation: Any, binding_options: Any) -> Any:
         self.sent, self.received = envelope, None
@@ -76,6 +102,8 @@ class _Capture(Plugin):
 
     def ingress(self, envelope: Any, http_headers: Any, operation: Any) -> Any:
         self.received = envelope
+        if self.check is not None:
+            self.check(envelope, operation.name)
         return envelope, http_headers
 
 
@@ -85,11 +113,13 @@ class _BoundedTransport(Transport):
     def __init__(self, *, max_bytes: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.max_bytes = max_bytes
+        self.last_status: int | None = None
 
     def post(self, address: str, message: Any, headers: Any) -> requests.Response:
         response = self.session.post(
             address, data=message, headers=headers, timeout=self.operation_timeout, stream=True
         )
+        self.last_status = response.status_code
         chunks, size = [], 0
         for chunk in response.iter_content(256 * 1024):
             size += len(chunk)
@@ -125,6 +155,8 @@ class NodeSoapClient:
     not_found_faults: ClassVar[frozenset[str]] = frozenset()
     # Keep the answer of a successful call too (per journal policy); an FR is big, so ``nodo`` does not.
     journal_answers: ClassVar[bool] = True
+    # Check every answer's payload against the schemas inside the WSDL (keyed by its namespace).
+    validate_answers: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -143,8 +175,8 @@ class NodeSoapClient:
     ) -> None:
         register_secret(password.get_secret_value())
         self._broker_id, self._station_id, self._password = broker_id, station_id, password
-        self._capture = _Capture()
-        transport = _BoundedTransport(
+        self._capture = _Capture(self._check_answer if self.validate_answers else None)
+        self._transport = transport = _BoundedTransport(
             max_bytes=max_answer_bytes or self.max_answer_bytes,
             session=session,
             timeout=timeout,
@@ -153,7 +185,7 @@ class NodeSoapClient:
         settings = Settings(
             strict=True, xml_huge_tree=False, forbid_dtd=True, forbid_entities=True, forbid_external=True
         )
-        wsdl = wsdl_path or get_settings().spec_path(self.wsdl)
+        self._wsdl_path = wsdl = wsdl_path or get_settings().spec_path(self.wsdl)
         self._client = Client(str(wsdl), transport=transport, settings=settings, plugins=[self._capture])
         self._service = self._client.create_service(self.binding, url)
         self._journal = journal or EventJournal()
@@ -222,6 +254,28 @@ class NodeSoapClient:
             if fault is not None:
                 raise self._fault(ex, operation, fault, answer)
             return answer
+
+    def _check_answer(self, envelope: etree._Element, operation: str) -> None:
+        """Refuse (PagopaSchemaError) a 200 answer whose payload the WSDL's schemas do not validate."""
+        if self._transport.last_status != 200:
+            return  # an HTTP error is classified as such
+        body = envelope.find(f"{{{SOAP_ENV}}}Body")
+        payload = [e for e in (body if body is not None else ()) if isinstance(e.tag, str)]
+        if len(payload) != 1:
+            raise PagopaSchemaError(
+                f"the answer's Body holds {len(payload)} elements, not 1", operation=operation
+            )
+        name = etree.QName(payload[0])
+        if name.namespace == SOAP_ENV and name.localname == "Fault":
+            return  # zeep reads a SOAP Fault
+        schema = wsdl_schemas(str(self._wsdl_path)).get(name.namespace or "")
+        if schema is None:
+            raise PagopaSchemaError(f"unexpected answer element {payload[0].tag}", operation=operation)
+        if not schema.validate(etree.ElementTree(copy.deepcopy(payload[0]))):
+            first = next(iter(schema.error_log))
+            raise PagopaSchemaError(
+                f"answer invalid against {self.wsdl}: line {first.line}: {first.message}", operation=operation
+            )
 
     def _fault(self, ex: Exchange, operation: str, fault: Any, answer: Any) -> PagopaError:
         code = str(fault.faultCode)
