@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cli.positions import positions_app
@@ -34,6 +35,17 @@ EXAMPLE_REGISTRY = Path(__file__).resolve().parent.parent / "examples" / "regist
 def _fail(message: str, code: int = 2) -> None:
     err.print(f"[red]error:[/red] {message}", highlight=False)
     raise typer.Exit(code)
+
+
+def _require_specs() -> None:
+    """Stop with the settings' clear message when the official pagoPA specifications are missing."""
+    from models.settings import SpecsNotFoundError, get_settings
+
+    try:
+        get_settings().pagopa_api_dir()
+    except SpecsNotFoundError as exc:  # one unwrapped line, so that the path can be copied
+        err.print("[red]error:[/red]", escape(str(exc)), highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 @db_app.command("upgrade")
@@ -163,6 +175,7 @@ def sandbox(
     config: Annotated[Path | None, typer.Option(help="Sandbox configuration file (JSON or YAML).")] = None,
 ) -> None:
     """Run the local pagoPA sandbox (GPD, ACA, PSP, FdR, Node SOAP, Checkout)."""
+    _require_specs()
     from sandbox.server import run
 
     run(host=host, port=port, seed=seed, config_file=str(config) if config else None)
@@ -262,6 +275,7 @@ def serve(
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
 ) -> None:
     """Run the web process: the GovPay-compatible API (and the station) over HTTP."""
+    _require_specs()
     import uvicorn
 
     uvicorn.run("web.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="info")
@@ -276,6 +290,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 2026,
 ) -> None:
     """The main job on the embedded default: a whole day of an intermediary against the pagoPA sandbox."""
+    _require_specs()
     from cli.demo import run_demo
 
     started = time.monotonic()

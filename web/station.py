@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import threading
 import time
@@ -101,12 +102,33 @@ class _RegistryCache:
 registry_cache = _RegistryCache()
 
 
+def address_allowed(client_host: str | None, allowed_ips: str | None) -> bool:
+    """Whether the caller's address is one of the allowed addresses or networks (CIDR), compared as addresses.
+
+    ``client_host`` is the peer uvicorn reports: X-Forwarded-For counts only from its trusted proxies
+    (FORWARDED_ALLOW_IPS). An IPv4-mapped IPv6 peer counts as its IPv4 address; a malformed entry matches
+    nobody.
+    """
+    try:
+        address = ipaddress.ip_address(client_host or "")
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    for entry in (allowed_ips or "").split(","):
+        try:
+            if address in ipaddress.ip_network(entry.strip()):  # "10.0.0.5/24" is ambiguous: it matches nobody
+                return True
+        except ValueError:
+            continue
+    return False
+
+
 def authenticated(station: Station, headers: dict[str, str], client_host: str | None) -> bool:
     """Whether the caller passes the station's inbound authentication (subscription key, cert header, IP)."""
     method = station.auth_method
     if method == "IP_ALLOW_LIST":
-        allowed = {ip.strip() for ip in (station.allowed_ips or "").split(",") if ip.strip()}
-        return client_host is not None and client_host in allowed
+        return address_allowed(client_host, station.allowed_ips)
     expected = registry_cache.secret(station.auth_secret_ref)
     if not expected:
         return False
