@@ -117,7 +117,7 @@ def address_allowed(client_host: str | None, allowed_ips: str | None) -> bool:
         address = address.ipv4_mapped
     for entry in (allowed_ips or "").split(","):
         try:
-            if address in ipaddress.ip_network(entry.strip()):  # "10.0.0.5/24" is ambiguous: it matches nobody
+            if address in ipaddress.ip_network(entry.strip()):  # "10.0.0.5/24" is ambiguous: nobody
                 return True
         except ValueError:
             continue
