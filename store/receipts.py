@@ -20,11 +20,13 @@ collections and the attempts closed.
 
 Two runs at once (two workers, or the daily cycle beside the scheduled ``receipts``) plan the same items; each
 item is claimed before pagoPA is asked (``claim_item``: ``recovery_claimed_until`` on its lines or attempts,
-set in one short transaction, ``FOR UPDATE SKIP LOCKED`` on PostgreSQL), so only one run asks and applies it;
-the other skips it. The claim re-checks that the rows still wait (a line still NO_RECEIPT, an attempt still
-EXPIRED and due), so an item recovered by one run (or an attempt it backed off) is not asked again by a run
-that planned it earlier. The claim is released with the outcome (``release_item``), or runs out after its
-lease if the worker dies.
+set in one short transaction), so only one run asks and applies it; the other skips it. An item is claimed
+whole or not at all: on PostgreSQL the claim first takes a transaction-level advisory lock named after the
+item (its kind and first row), and a run that does not get it at once skips the item. Row locks with
+``SKIP LOCKED`` could split a two-line item between two runs, each asking pagoPA for the same receipt. The
+claim re-checks that the rows still wait (a line still NO_RECEIPT, an attempt still EXPIRED and due), so an
+item recovered by one run (or an attempt it backed off) is not asked again by a run that planned it earlier.
+The claim is released with the outcome (``release_item``), or runs out after its lease if the worker dies.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, func, or_, update
 from sqlmodel import Session, col, select
 
 from models.payments import AttemptState, Collection, PaymentAttempt, ReceiptSource
@@ -56,6 +58,10 @@ class RecoveryKind(StrEnum):
 
     LINE = "LINE"
     ATTEMPT = "ATTEMPT"
+
+
+# advisory lock keys of the items being claimed: a range per kind, far from other users of advisory locks
+_ITEM_LOCK = {RecoveryKind.LINE: 0x5046_0001 << 32, RecoveryKind.ATTEMPT: 0x5046_0002 << 32}
 
 
 class RecoveryItem(BaseModel):
@@ -177,12 +183,14 @@ def claim_item(
         ]
     claim_column = model.__table__.c.recovery_claimed_until
     free = _free(claim_column, now)
-    rows = select(model.id).where(col(model.id).in_(item.ids), *waiting, free)
-    if session.get_bind().dialect.name == "postgresql":
-        rows = rows.with_for_update(skip_locked=True)
+    if session.get_bind().dialect.name == "postgresql" and item.ids:
+        # whole items only: the run that holds the item's lock claims all of its rows; the others skip it
+        key = _ITEM_LOCK[item.kind] + min(item.ids)
+        if not session.execute(select(func.pg_try_advisory_xact_lock(key))).scalar():
+            return None
     claimed = session.execute(
         update(model)
-        .where(col(model.id).in_(rows.scalar_subquery()), *waiting, free)
+        .where(col(model.id).in_(item.ids), *waiting, free)
         .values(recovery_claimed_until=until)
         .returning(col(model.id))
         .execution_options(synchronize_session=False)
