@@ -170,7 +170,7 @@ def _ours(
 
 def _raw_openssh(server: OpenSshServer, remote: Path, local: Path) -> float:
     started = time.perf_counter()
-    server.sftp_batch(f'get "{remote}" "{local}"\n')
+    server.sftp_batch(f'get "{server.remote(remote)}" "{local}"\n')
     elapsed = time.perf_counter() - started
     local.unlink()
     return elapsed
@@ -192,7 +192,7 @@ def _raw_paramiko(server: OpenSshServer, remote: Path, local: Path) -> float:
     )
     try:
         started = time.perf_counter()
-        client.open_sftp().get(str(remote), str(local))
+        client.open_sftp().get(server.remote(remote), str(local))
         elapsed = time.perf_counter() - started
     finally:
         client.close()
@@ -247,8 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         with openssh_server(tmp / "sshd") as server:
-            remote_dir = server.root / "giornale"
-            remote_dir.mkdir()
+            remote_dir = server.drop("giornale")  # local path; server.remote() gives the client's
             name = journal_filename(
                 fmt=JournalFormat.OPI_1_8, ec_fiscal_code=FISCAL_CODE, day=date(2024, 7, 26), sequence=1
             )
@@ -282,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
                             _reset(url)
                         work = tmp / f"work-{label}-{int(trace)}"
                         with context.Pool(1) as pool:
-                            r = pool.apply(_ours, (url, info, str(remote_dir), name, str(work), trace))
+                            job = (url, info, server.remote(remote_dir), name, str(work), trace)
+                            r = pool.apply(_ours, job)
                         if trace:
                             traced = f"  {label} (tracemalloc run)"
                             print(

@@ -90,8 +90,7 @@ def add_source(
     archive: bool = True,
 ) -> Path:
     """A treasury source on the OpenSSH server with its own empty directory; returns that directory."""
-    directory = server.root / name
-    directory.mkdir()
+    directory = server.drop(name)  # writable by the server's login user: the flow archives there
     with db.session() as session:
         session.add(
             TreasurySource(
@@ -103,9 +102,9 @@ def add_source(
                 username=server.username,
                 private_key_ref=f"env:{KEY_ENV}",
                 known_hosts=str(server.known_hosts),
-                remote_dir=str(directory),
+                remote_dir=server.remote(directory),
                 pattern=pattern,
-                archive_dir=str(directory / "archivio") if archive else None,
+                archive_dir=server.remote(directory / "archivio") if archive else None,
                 format=fmt,
             )
         )

@@ -43,7 +43,7 @@ def config(server: OpenSshServer, known_hosts: Path) -> SftpConfig:
         username=server.username,
         private_key=SecretStr(server.client_key_text),
         known_hosts=known_hosts,
-        remote_dir=str(server.root),
+        remote_dir=server.remote_root,
         timeout=10,
     )
 

@@ -6,7 +6,7 @@ import hashlib
 import logging
 import os
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -110,9 +110,9 @@ def openssh_config(server: OpenSshServer, remote_dir: Path, **overrides: object)
         "username": server.username,
         "private_key": SecretStr(server.client_key_text),
         "known_hosts": server.known_hosts,
-        "remote_dir": str(remote_dir),
+        "remote_dir": server.remote(remote_dir),
         "pattern": "GDC_*.xml",
-        "archive_dir": str(remote_dir / "archivio"),
+        "archive_dir": server.remote(remote_dir / "archivio"),
         "timeout": 10,
     }
     values.update(overrides)
@@ -122,8 +122,15 @@ def openssh_config(server: OpenSshServer, remote_dir: Path, **overrides: object)
 class Peer:
     """One SFTP peer of the contract tests: where its files live and how to reach them."""
 
-    def __init__(self, directory: Path, config: SftpConfig) -> None:
-        self.directory, self.config = directory, config
+    def __init__(
+        self, directory: Path, config: SftpConfig, make_dir: Callable[[Path], object] = Path.mkdir
+    ) -> None:
+        self.directory, self.config, self._make_dir = directory, config, make_dir
+
+    def mkdir(self, name: str) -> Path:
+        """A subdirectory that the peer's login user can write to."""
+        self._make_dir(self.directory / name)
+        return self.directory / name
 
 
 @pytest.fixture(params=[pytest.param("openssh", marks=pytest.mark.sftp), "paramiko"])
@@ -131,9 +138,8 @@ def peer(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Peer]:
     """The contract runs against the real OpenSSH server and against the fake."""
     if request.param == "openssh":
         server: OpenSshServer = request.getfixturevalue("openssh")
-        directory = server.root / f"giornale-{request.node.name.replace('[', '-').rstrip(']')}"
-        directory.mkdir()
-        yield Peer(directory, openssh_config(server, directory))
+        directory = server.drop(f"giornale-{request.node.name.replace('[', '-').rstrip(']')}")
+        yield Peer(directory, openssh_config(server, directory), make_dir=server.drop)
     else:
         fake_server: FakeSftpServer = request.getfixturevalue("fake")
         directory = fake_server.root / "giornale"
@@ -187,7 +193,7 @@ class TestSftpSourceContract:
         assert not (peer.directory / "GDC_1.xml").exists()
 
     def test_archive_keeps_an_earlier_file_of_the_same_name(self, peer: Peer, sqlite_db: Database) -> None:
-        (peer.directory / "archivio").mkdir()
+        peer.mkdir("archivio")
         (peer.directory / "archivio" / "GDC_1.xml").write_bytes(b"yesterday")
         (peer.directory / "GDC_1.xml").write_bytes(b"today")
         with SftpSource(peer.config, journal=journal_of(sqlite_db)) as sftp:
@@ -209,8 +215,7 @@ class TestSftpSourceContract:
 def test_openssh_download_keeps_memory_flat(
     openssh: OpenSshServer, sqlite_db: Database, tmp_path: Path
 ) -> None:
-    directory = openssh.root / "big"
-    directory.mkdir(exist_ok=True)
+    directory = openssh.drop("big")
     data = os.urandom(40 * MIB)
     (directory / "GDC_big.xml").write_bytes(data)
     config = openssh_config(openssh, directory)
