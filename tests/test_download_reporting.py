@@ -893,3 +893,34 @@ def test_duplicate_line_and_wrong_receiver_through_a_run(env: Database, sandbox:
         assert s.exec(select(ReportingFlow).where(ReportingFlow.id_dominio == COMUNE)).all() == [
             s.exec(select(ReportingFlow).where(ReportingFlow.id_flusso == duplicated[COMUNE].id_flusso)).one()
         ]
+
+
+def test_a_node_answer_against_the_schema_fails_that_ec_only(
+    env: Database, sandbox: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the Node's answers are checked against nodeForPa.xsd before zeep reads them (zeep alone is lenient)
+    from tests.test_rpt_legacy import mangling_node
+
+    def not_a_count(answer: etree._Element) -> None:
+        listing = answer.find("elencoFlussiRendicontazione")
+        assert listing is not None, etree.tostring(answer)
+        listing.find("totRestituiti").text = "molti"  # type: ignore[union-attr]  # an xsd:int
+
+    with env.session() as s:
+        paid(s, sandbox.state, ec=SCUOLA, n=1, amounts=["3.00"])
+        s.commit()
+    settle(sandbox)
+    mangles = {"nodoChiediElencoFlussiRendicontazione": not_a_count}
+    with live_server(mangling_node(sandbox.url, mangles)) as node:
+        monkeypatch.setenv("PAGOFLOW_PAGOPA_NODO_URL", f"{node}/nodo/nodoPerPa")
+        clear_caches()
+        refused = run(SCUOLA)
+        assert list(refused.failures) == [f"{SCUOLA} (list)"]
+        failure = refused.failures[f"{SCUOLA} (list)"]
+        assert "PagopaSchemaError" in failure and "invalid against" in failure, failure
+        with env.session() as s:
+            (event,) = events(s, component="nodo", id_dominio=SCUOLA)
+            assert event.outcome == "FAIL" and (event.error or "").startswith("PagopaSchemaError")
+        mangles.clear()
+        again = run(SCUOLA)  # the same Node answering as it should: the flow comes
+    assert again.failures == {} and [o.id_dominio for o in again.outcomes] == [SCUOLA]

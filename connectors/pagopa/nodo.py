@@ -44,6 +44,7 @@ class NodoClient(NodeSoapClient):
     max_answer_bytes = MAX_ANSWER_BYTES
     not_found_faults = frozenset({"PPT_ID_FLUSSO_SCONOSCIUTO"})
     journal_answers = False  # an FR answer is big: kept only when something failed
+    validate_answers = True  # checked against nodeForPa.xsd first: zeep alone read an ill-typed answer
 
     # --- operations --------------------------------------------------------------------------------------
 

@@ -81,7 +81,11 @@ def wsdl_schemas(path: str) -> dict[str, etree.XMLSchema]:
         standalone = etree.Element(schema.tag, nsmap=dict(schema.nsmap), attrib=dict(schema.attrib))
         standalone.extend(copy.deepcopy(node) for node in schema)
         doc = etree.fromstring(etree.tostring(standalone), parser, base_url=path)
-        out[schema.get("targetNamespace", "")] = etree.XMLSchema(doc)
+        compiled = etree.XMLSchema(doc)
+        out[schema.get("targetNamespace", "")] = compiled
+        # a schema that only imports another (nodeForPa.wsdl) validates the imported namespace's elements too
+        for imported in schema.findall(f"{{{_XSD_NS}}}import"):
+            out.setdefault(imported.get("namespace", ""), compiled)
     return out
 
 
