@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -39,6 +40,25 @@ class StationAuthSpec(_Spec):
     method: Literal["SUBSCRIPTION_KEY", "CLIENT_CERT_HEADER", "IP_ALLOW_LIST"] = "SUBSCRIPTION_KEY"
     secret_ref: str | None = Field(default=None, pattern=_SECRET_REF)
     allowed_ips: list[str] = Field(default_factory=list)
+
+
+def station_auth_problems(auth: StationAuthSpec) -> list[tuple[str, str]]:
+    """What would make a station refuse every caller: (field, why) for a missing secret or a bad address.
+
+    An allow-list entry is an address or a network written with its own address (``203.0.113.0/28``); one
+    with host bits (``10.0.0.5/24``) is refused, as the station would match nobody with it.
+    """
+    if auth.method != "IP_ALLOW_LIST":
+        return [] if auth.secret_ref else [("auth.secret_ref", f"required with method {auth.method}")]
+    if not auth.allowed_ips:
+        return [("auth.allowed_ips", "required with method IP_ALLOW_LIST")]
+    problems = []
+    for j, entry in enumerate(auth.allowed_ips):
+        try:
+            ipaddress.ip_network(entry.strip())
+        except ValueError as exc:
+            problems.append((f"auth.allowed_ips[{j}]", f"{entry!r} is not an address or network: {exc}"))
+    return problems
 
 
 class StationSpec(_Spec):
@@ -330,9 +350,10 @@ def cross_check(spec: RegistrySpec) -> list[tuple[str, str, str]]:
             seen.add(key)
     principals: set[str] = set()
     for i, station in enumerate(spec.stations):
+        entry = f"stations[{i}] ({station.id_stazione})"
         if not station.id_stazione.startswith(spec.broker.id_intermediario + "_"):
-            problems.append((f"stations[{i}] ({station.id_stazione})", "id_stazione",
-                             "must start with the broker's fiscal code"))
+            problems.append((entry, "id_stazione", "must start with the broker's fiscal code"))
+        problems += [(entry, field, why) for field, why in station_auth_problems(station.auth)]
     for i, creditor in enumerate(spec.creditors):
         entry = f"creditors[{i}] ({creditor.id_dominio})"
         if creditor.station not in stations:

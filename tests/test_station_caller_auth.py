@@ -19,7 +19,7 @@ import pytest
 
 from models import db as models_db
 from models.settings import get_settings
-from rules.registry import parse_registry
+from rules.registry import RegistryError, parse_registry
 from store.registry import apply_registry
 from tests.conftest import Database
 from tests.factories import example_registry_data, iban_pendenza
@@ -32,7 +32,7 @@ CERT_STATION, IP_STATION, KEY_STATION = "77777777777_01", "77777777777_02", "777
 FINGERPRINT = hashlib.sha256(b"pagoPA Node client certificate (test)").hexdigest()
 OTHER_FINGERPRINT = hashlib.sha256(b"someone else's certificate").hexdigest()
 KEY_03 = "caller-auth-station-03-key"
-ALLOWED = ["198.51.100.7", "203.0.113.0/28", "2001:db8::7", "127.0.0.2", "10.0.0.5/24"]  # the last: malformed
+ALLOWED = ["198.51.100.7", "203.0.113.0/28", "2001:db8::7", "127.0.0.2"]
 TRIBUTI = ("gestionale-tributi", "demo-tributi-password")
 
 
@@ -192,8 +192,6 @@ def test_the_ip_station_refuses_other_addresses_and_forged_forwarding(station: S
         "the proxy itself": (None, None),
         "just outside the allowed network": ("203.0.113.16", None),
         "next to an allowed address": ("198.51.100.8", None),
-        "inside the network of a malformed entry": ("10.0.0.9", None),
-        "the address of a malformed entry": ("10.0.0.5", None),
         "not an address": ("not-an-ip", None),
         "an allowed address forged before the real peer": ("198.51.100.7, 192.0.2.99", None),
         "X-Forwarded-For from a caller that is not the proxy": ("198.51.100.7", "127.0.0.3"),
@@ -202,3 +200,16 @@ def test_the_ip_station_refuses_other_addresses_and_forged_forwarding(station: S
     for case, (forwarded_for, source) in cases.items():
         headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
         assert_refused(station.verify(PROVINCIA, headers=headers, source=source), case)
+
+
+def test_an_allow_list_entry_the_station_could_not_match_is_refused_when_applied() -> None:
+    # "10.0.0.5/24" is ambiguous (a host, or its network?): the registry names it instead of a station that
+    # silently refuses everyone; a method without what it needs is refused the same way
+    data = registry()
+    data["stations"][1]["auth"] = {"method": "IP_ALLOW_LIST", "allowed_ips": [*ALLOWED, "10.0.0.5/24"]}
+    data["stations"][0]["auth"] = {"method": "CLIENT_CERT_HEADER"}
+    with pytest.raises(RegistryError) as refused:
+        parse_registry(data)
+    station_02, station_01 = data["stations"][1]["id_stazione"], data["stations"][0]["id_stazione"]
+    assert (f"stations[1] ({station_02})", "auth.allowed_ips[4]") in [p[:2] for p in refused.value.problems]
+    assert (f"stations[0] ({station_01})", "auth.secret_ref") in [p[:2] for p in refused.value.problems]
