@@ -35,6 +35,7 @@ from rules.registry import (
     IbanSpec,
     OperatorSpec,
     StationSpec,
+    station_auth_problems,
 )
 from web.console.security import ConsoleUser
 
@@ -330,6 +331,9 @@ def _station_validate(
         raise FormErrors({"_": "nessun intermediario nell'anagrafica: applicare prima il file del registro"})
     if not spec.id_stazione.startswith(broker.id_intermediario + "_"):
         raise FormErrors({"id_stazione": "deve iniziare con il codice fiscale dell'intermediario"})
+    auth_fields = {"auth.secret_ref": "auth_secret_ref"}
+    if problems := station_auth_problems(spec.auth):  # the same check as the registry file's
+        raise FormErrors({auth_fields.get(f, "allowed_ips"): why for f, why in problems})
     if row is None and session.exec(select(Station).where(Station.id_stazione == spec.id_stazione)).first():
         raise FormErrors({"id_stazione": f"la stazione {spec.id_stazione} esiste gia'"})
     return Validated(
