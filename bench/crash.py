@@ -604,15 +604,21 @@ class Rig:
         return kill
 
     def release_leases_of(self, pid: int) -> None:
-        """Free the work leases (``work_claim``) a killed process held, as their running out would.
+        """Free the leases a killed process held, as their running out would.
 
-        A lease lasts an hour (``tasks.claims.DEFAULT_LEASE``) so that a slow run keeps its EC; a killed one
-        keeps it too, and the next run skips that EC until the hour is over. The bench does not wait the hour.
+        A work lease lasts an hour (``tasks.claims.DEFAULT_LEASE``) so that a slow run keeps its EC; a killed
+        one keeps it too, and the next run skips that EC until the hour is over. Row claims (a publication
+        batch, notifications, receipts to recover) last 30 minutes the same way. The bench does not wait: the
+        stages run one at a time, so every row claim still held now is the killed process's.
         """
         from sqlalchemy import inspect
 
-        if not inspect(self.engine).has_table("work_claim"):
+        tables = set(inspect(self.engine).get_table_names())
+        if "work_claim" not in tables:
             return
+        row_claims = (("position", "publication_claimed_until"), ("notification", "claimed_until"),
+                      ("payment_attempt", "recovery_claimed_until"),
+                      ("reporting_line", "recovery_claimed_until"))
         with self.engine.begin() as conn:
             released = conn.execute(
                 text(
@@ -621,6 +627,10 @@ class Rig:
                 ),
                 {"holder": f"%:{pid}:%"},
             ).rowcount
+            for table, column in row_claims:
+                if table in tables:  # constant names: no input reaches this SQL
+                    released += conn.execute(text(  # noqa: S608
+                        f'UPDATE "{table}" SET {column} = NULL WHERE {column} IS NOT NULL')).rowcount
         self.leases_released += released
 
     def complete(
