@@ -65,7 +65,6 @@ def platform_and_sandbox(db: Database, monkeypatch: pytest.MonkeyPatch) -> Itera
     """Start the web process on ``db`` and a configured sandbox; stop both afterwards."""
     from sandbox.server import start_in_thread
     from web.app import create_app
-    from web.station import registry_cache
 
     monkeypatch.setenv("PAGOFLOW_DATABASE_URL", db.url)
     monkeypatch.setenv("PAGOFLOW_STATION_INBOUND_KEY", STATION_KEY)
@@ -73,9 +72,7 @@ def platform_and_sandbox(db: Database, monkeypatch: pytest.MonkeyPatch) -> Itera
     for sid, variable in (("77777777777_01", "PAGOFLOW_STATION_01_PASSWORD"),
                           ("77777777777_02", "PAGOFLOW_STATION_02_PASSWORD")):
         monkeypatch.setenv(variable, station_password(sid))
-    get_settings.cache_clear()
-    models_db.get_engine.cache_clear()
-    registry_cache.clear()
+    clear_platform_caches()
     sandbox = start_in_thread(seed=7)
     try:
         with live_server(create_app()) as url:
@@ -84,6 +81,43 @@ def platform_and_sandbox(db: Database, monkeypatch: pytest.MonkeyPatch) -> Itera
             yield PlatformEnv(platform_url=url, station_url=station_url, sandbox_url=sandbox.url, sandbox=sandbox)
     finally:
         sandbox.stop()
-        registry_cache.clear()
-        get_settings.cache_clear()
-        models_db.get_engine.cache_clear()
+        clear_platform_caches()
+
+
+def clear_platform_caches() -> None:
+    """Forget the settings, engine, registry and portal settings read so far (after the environment changed)."""
+    from web.pagamenti import get_portal_settings
+    from web.station import registry_cache
+
+    get_settings.cache_clear()
+    models_db.get_engine.cache_clear()
+    registry_cache.clear()
+    get_portal_settings.cache_clear()
+
+
+@contextmanager
+def web_on(database: Database, *, env: dict[str, str | None], registry: Any) -> Iterator[tuple[str, Any]]:
+    """The web process (API, console and station) in a thread on ``database``, emptied first; its URL and app.
+
+    ``env`` is set for the block (None removes a variable); ``registry(session)`` fills the registry. Every
+    cache that read the settings is cleared before and after, so the next test starts from its own.
+    """
+    from web.app import create_app
+
+    database.truncate()
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            if value is None:
+                patch.delenv(name, raising=False)
+            else:
+                patch.setenv(name, value)
+        clear_platform_caches()
+        with database.session() as session:
+            registry(session)
+            session.commit()
+        try:
+            app = create_app()
+            with live_server(app) as url:
+                yield url, app
+        finally:
+            clear_platform_caches()

@@ -25,17 +25,15 @@ from fastapi.routing import iter_route_contexts
 from sqlmodel import select
 from starlette.routing import Mount
 
-from models import db as models_db
 from models.payments import AttemptKind
 from models.positions import Position
-from models.settings import get_settings
 from rules.credentials import hash_secret
 from rules.registry import parse_registry
 from store.registry import apply_registry
 from store.rpt import create_attempts, new_payment_id
 from tests.conftest import Database
 from tests.factories import example_registry_data, iban_pendenza
-from tests.live_server import live_server
+from tests.platform_env import web_on
 from tests.soap_messages import STATION_VALUES, invia_rt_envelope, station_envelope
 from web import soap
 
@@ -230,76 +228,62 @@ def pendenza(*, document: bool = False) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def matrix(_databases: dict[str, Database], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
-    from web.app import create_app
-    from web.pagamenti import get_portal_settings
-    from web.station import registry_cache
-
     database = _databases["sqlite"]
-    database.truncate()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PAGOFLOW_DATABASE_URL", database.url)
-        patch.setenv("PAGOFLOW_STATION_INBOUND_KEY", KEY_01)
-        patch.setenv("MATRIX_STATION_02_KEY", KEY_02)
-        patch.setenv("PAGOFLOW_WORK_DIR", str(tmp_path_factory.mktemp("work")))
-        get_settings.cache_clear()
-        models_db.get_engine.cache_clear()
-        registry_cache.clear()
-        get_portal_settings.cache_clear()
+    env: dict[str, str | None] = {
+        "PAGOFLOW_DATABASE_URL": database.url,
+        "PAGOFLOW_STATION_INBOUND_KEY": KEY_01,
+        "MATRIX_STATION_02_KEY": KEY_02,
+        "PAGOFLOW_WORK_DIR": str(tmp_path_factory.mktemp("work")),
+    }
+
+    def applied(session: Any) -> None:
+        apply_registry(session, spec=parse_registry(registry_for_matrix()))
+
+    with web_on(database, env=env, registry=applied) as (url, app), httpx.Client(timeout=30) as http:
+        navs = {}
+        for id_pendenza in ("M-1", "M-2", "M-3"):
+            r = http.put(
+                f"{url}/api/pendenze/v2/pendenze/A2A-TRIBUTI/{id_pendenza}",
+                auth=TRIBUTI,
+                json=pendenza(document=id_pendenza == "M-1"),
+            )
+            assert r.status_code == 201, r.text
+            navs[id_pendenza] = r.json()["numeroAvviso"]
+        nav = navs["M-1"]
+        paid = http.post(
+            url + "/pagopa/paForNode",
+            headers={"Ocp-Apim-Subscription-Key": KEY_01},
+            content=station_envelope(
+                "paSendRTV2Request",
+                STATION_VALUES | {"nav": nav, "iuv": nav[1:], "receiptId": "rcpt-matrix-1"},
+            ),
+        )
+        assert soap.text(soap.body_payload(paid.content), "outcome") == "OK", paid.text
+        put = http.put(
+            f"{url}/api/ragioneria/v3/riconciliazioni/{COMUNE}/R-1",
+            auth=TRIBUTI,
+            json=_riconciliazione(nav[1:]) | {"sct": "SCT-MATRIX-1"},
+        )
+        assert put.status_code in (200, 202), put.text
+        payment = new_payment_id()
         with database.session() as session:
-            apply_registry(session, spec=parse_registry(registry_for_matrix()))
+            position = session.exec(select(Position).where(Position.nav == navs["M-2"])).one()
+            (attempt,) = create_attempts(
+                session, positions=[position], kind=AttemptKind.CHECKOUT, payment_id=payment
+            )
+            attempt.session_id = "SESSION-MATRIX"
+            session.add(attempt)
             session.commit()
-        app = create_app()
-        try:
-            with live_server(app) as url, httpx.Client(timeout=30) as http:
-                navs = {}
-                for id_pendenza in ("M-1", "M-2", "M-3"):
-                    r = http.put(
-                        f"{url}/api/pendenze/v2/pendenze/A2A-TRIBUTI/{id_pendenza}",
-                        auth=TRIBUTI,
-                        json=pendenza(document=id_pendenza == "M-1"),
-                    )
-                    assert r.status_code == 201, r.text
-                    navs[id_pendenza] = r.json()["numeroAvviso"]
-                nav = navs["M-1"]
-                paid = http.post(
-                    url + "/pagopa/paForNode",
-                    headers={"Ocp-Apim-Subscription-Key": KEY_01},
-                    content=station_envelope(
-                        "paSendRTV2Request",
-                        STATION_VALUES | {"nav": nav, "iuv": nav[1:], "receiptId": "rcpt-matrix-1"},
-                    ),
-                )
-                assert soap.text(soap.body_payload(paid.content), "outcome") == "OK", paid.text
-                put = http.put(
-                    f"{url}/api/ragioneria/v3/riconciliazioni/{COMUNE}/R-1",
-                    auth=TRIBUTI,
-                    json=_riconciliazione(nav[1:]) | {"sct": "SCT-MATRIX-1"},
-                )
-                assert put.status_code in (200, 202), put.text
-                payment = new_payment_id()
-                with database.session() as session:
-                    position = session.exec(select(Position).where(Position.nav == navs["M-2"])).one()
-                    (attempt,) = create_attempts(
-                        session, positions=[position], kind=AttemptKind.CHECKOUT, payment_id=payment
-                    )
-                    attempt.session_id = "SESSION-MATRIX"
-                    session.add(attempt)
-                    session.commit()
-                values = {
-                    "comune": COMUNE,
-                    "nav": nav,
-                    "iuv": nav[1:],
-                    "nav2": navs["M-2"],
-                    "payment": payment,
-                    "pendenza": pendenza(document=True),
-                    "riconciliazione": _riconciliazione(nav[1:]),
-                }
-                yield Matrix(url=url, app=app, http=http, values=values)
-        finally:
-            registry_cache.clear()
-            get_settings.cache_clear()
-            models_db.get_engine.cache_clear()
-            get_portal_settings.cache_clear()
+        values = {
+            "comune": COMUNE,
+            "nav": nav,
+            "iuv": nav[1:],
+            "nav2": navs["M-2"],
+            "payment": payment,
+            "pendenza": pendenza(document=True),
+            "riconciliazione": _riconciliazione(nav[1:]),
+        }
+        yield Matrix(url=url, app=app, http=http, values=values)
 
 
 def test_every_route_has_a_case_or_is_declared_public(matrix: Matrix) -> None:

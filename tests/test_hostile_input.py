@@ -36,7 +36,6 @@ from connectors.pagopa.errors import PagopaError
 from connectors.pagopa.fdr import FdrClient
 from connectors.treasury.formats import HEAD_BYTES, detect_format, read_movements
 from connectors.treasury.movement import CsvMapping, Movement, TreasuryFormat, TreasuryFormatError
-from models import db as models_db
 from models.settings import get_settings
 from rules.receipts import receipt_from_xml
 from rules.remittance import parse_remittance
@@ -47,7 +46,7 @@ from rules.tracciato import AnnulRow, InsertRow, RowError, TracciatoError, read_
 from rules.xmlsafe import MalformedXMLError, UnsafeXMLError, iterparse_xml, parse_xml
 from tests.conftest import Database
 from tests.factories import iban_pendenza, load_example_registry
-from tests.live_server import live_server
+from tests.platform_env import web_on
 from tests.soap_messages import (
     INVIA_RT,
     OPERATIONS,
@@ -522,39 +521,22 @@ def stranger() -> httpx.Client:
 
 @pytest.fixture(scope="module")
 def platform(_databases: dict[str, Database], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    from web.pagamenti import get_portal_settings
-    from web.station import registry_cache
-
     database = _databases["sqlite"]
-    database.truncate()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PAGOFLOW_DATABASE_URL", database.url)
-        patch.setenv("PAGOFLOW_STATION_INBOUND_KEY", STATION_KEY)
-        patch.setenv("PAGOFLOW_WORK_DIR", str(tmp_path_factory.mktemp("work")))
-        for name in ("CHECKOUT", "NODO", "GPD", "ACA", "FDR"):
-            patch.setenv(f"PAGOFLOW_PAGOPA_{name}_URL", "http://127.0.0.1:9/closed")
-        patch.setenv("PAGOFLOW_PAGOPA_CALL_ATTEMPTS", "1")
-        get_settings.cache_clear()
-        models_db.get_engine.cache_clear()
-        registry_cache.clear()
-        get_portal_settings.cache_clear()
-        with database.session() as session:
-            load_example_registry(session)
-        from web.app import create_app
-
-        try:
-            with live_server(create_app()) as url:
-                body = iban_pendenza(id_dominio=COMUNE, causale="TARI ostile")
-                with httpx.Client(timeout=30) as http:
-                    put = http.put(f"{url}{PENDENZE}/pendenze/A2A-TRIBUTI/HOSTILE-1", json=body, auth=TRIBUTI)
-                    assert put.status_code == 201, put.text
-                    nav = put.json()["numeroAvviso"]
-                    yield Platform(url=url, db=database, nav=nav, iuv=nav[1:], http=http)
-        finally:
-            registry_cache.clear()
-            get_settings.cache_clear()
-            models_db.get_engine.cache_clear()
-            get_portal_settings.cache_clear()
+    env: dict[str, str | None] = {
+        "PAGOFLOW_DATABASE_URL": database.url,
+        "PAGOFLOW_STATION_INBOUND_KEY": STATION_KEY,
+        "PAGOFLOW_WORK_DIR": str(tmp_path_factory.mktemp("work")),
+        **{f"PAGOFLOW_PAGOPA_{name}_URL": "http://127.0.0.1:9/closed"
+           for name in ("CHECKOUT", "NODO", "GPD", "ACA", "FDR")},
+        "PAGOFLOW_PAGOPA_CALL_ATTEMPTS": "1",
+    }
+    with web_on(database, env=env, registry=load_example_registry) as (url, _app), \
+            httpx.Client(timeout=30) as http:
+        body = iban_pendenza(id_dominio=COMUNE, causale="TARI ostile")
+        put = http.put(f"{url}{PENDENZE}/pendenze/A2A-TRIBUTI/HOSTILE-1", json=body, auth=TRIBUTI)
+        assert put.status_code == 201, put.text
+        nav = put.json()["numeroAvviso"]
+        yield Platform(url=url, db=database, nav=nav, iuv=nav[1:], http=http)
 
 
 def require(condition: object, message: str) -> None:

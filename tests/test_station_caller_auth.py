@@ -17,13 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
-from models import db as models_db
-from models.settings import get_settings
 from rules.registry import RegistryError, parse_registry
 from store.registry import apply_registry
 from tests.conftest import Database
 from tests.factories import example_registry_data, iban_pendenza
-from tests.live_server import live_server
+from tests.platform_env import web_on
 from tests.soap_messages import STATION_VALUES, station_envelope
 from web import soap
 
@@ -77,40 +75,27 @@ def provincia_pendenza() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def station(_databases: dict[str, Database], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Station]:
-    from web.app import create_app
-    from web.pagamenti import get_portal_settings
-    from web.station import registry_cache
-
     database = _databases["sqlite"]
-    database.truncate()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PAGOFLOW_DATABASE_URL", database.url)
-        patch.setenv("PAGOFLOW_WORK_DIR", str(tmp_path_factory.mktemp("work")))
-        patch.setenv("CALLER_AUTH_CERT_FP", FINGERPRINT)
-        patch.setenv("CALLER_AUTH_KEY_03", KEY_03)
-        patch.delenv("FORWARDED_ALLOW_IPS", raising=False)  # uvicorn trusts X-Forwarded-For from 127.0.0.1
-        get_settings.cache_clear()
-        models_db.get_engine.cache_clear()
-        registry_cache.clear()
-        get_portal_settings.cache_clear()
-        with database.session() as session:
-            apply_registry(session, spec=parse_registry(registry()))
-            session.commit()
-        try:
-            with live_server(create_app()) as url, httpx.Client(timeout=30) as http:
-                navs = {}
-                comune = iban_pendenza(id_dominio=COMUNE, causale="TARI caller auth")
-                for id_dominio, body in ((COMUNE, comune), (PROVINCIA, provincia_pendenza())):
-                    r = http.put(f"{url}/api/pendenze/v2/pendenze/A2A-TRIBUTI/AUTH-{id_dominio}",
-                                 auth=TRIBUTI, json=body)
-                    assert r.status_code == 201, r.text
-                    navs[id_dominio] = r.json()["numeroAvviso"]
-                yield Station(url=url, navs=navs)
-        finally:
-            registry_cache.clear()
-            get_settings.cache_clear()
-            models_db.get_engine.cache_clear()
-            get_portal_settings.cache_clear()
+    env: dict[str, str | None] = {
+        "PAGOFLOW_DATABASE_URL": database.url,
+        "PAGOFLOW_WORK_DIR": str(tmp_path_factory.mktemp("work")),
+        "CALLER_AUTH_CERT_FP": FINGERPRINT,
+        "CALLER_AUTH_KEY_03": KEY_03,
+        "FORWARDED_ALLOW_IPS": None,  # uvicorn trusts X-Forwarded-For from 127.0.0.1
+    }
+
+    def applied(session: Any) -> None:
+        apply_registry(session, spec=parse_registry(registry()))
+
+    with web_on(database, env=env, registry=applied) as (url, _app), httpx.Client(timeout=30) as http:
+        navs = {}
+        comune = iban_pendenza(id_dominio=COMUNE, causale="TARI caller auth")
+        for id_dominio, body in ((COMUNE, comune), (PROVINCIA, provincia_pendenza())):
+            r = http.put(f"{url}/api/pendenze/v2/pendenze/A2A-TRIBUTI/AUTH-{id_dominio}",
+                         auth=TRIBUTI, json=body)
+            assert r.status_code == 201, r.text
+            navs[id_dominio] = r.json()["numeroAvviso"]
+        yield Station(url=url, navs=navs)
 
 
 def assert_answered(r: httpx.Response, company: str) -> None:
