@@ -213,8 +213,9 @@ def process_file(
                 linked = link_api_movements(
                     session, id_dominio=source.id_dominio, account=source.account, file_id=claimed.id
                 )
+                described = tuple(c.describe() for c in conflicts)
                 store.finish_file(session, file=claimed, movements=inserted, duplicates=read - inserted,
-                                  conflicts=[c.describe() for c in conflicts])
+                                  conflicts=described)
                 session.commit()
         except (UnreadableFileError, TreasuryFormatError) as exc:
             session.rollback()
@@ -246,9 +247,9 @@ def process_file(
                 error=reason,
             )
     path.unlink(missing_ok=True)
-    for conflict in conflicts[:20]:  # all of them are counted in the file's row and the artifact
+    for conflict in described[:20]:  # all of them are counted in the file's row and the artifact
         log.warning("treasury %s: %s repeats a stored movement with other money, the stored one stands: %s",
-                    fetched.source, fetched.name, conflict.describe())
+                    fetched.source, fetched.name, conflict)
     log.info(
         "treasury %s: %s (%s) stored as file %s: %d new movements (%d already posted through the API), "
         "%d already known",
@@ -268,7 +269,7 @@ def process_file(
         movements=inserted,
         duplicates=read - inserted,
         linked=len(linked),
-        conflicts=tuple(c.describe() for c in conflicts),
+        conflicts=described,
     )
 
 
@@ -406,9 +407,10 @@ def summary_markdown(*, outcomes: list[FileOutcome], failures: dict[str, str]) -
             note = o.error or (f"seen before ({o.previous})" if o.previous else "")
             if o.linked:
                 note = f"{o.linked} already posted through the API Ragioneria, joined to it"
-            if o.conflicts:
+            if o.conflicts:  # beside what the note says already (the API-posted movements joined)
                 shown = "; ".join(o.conflicts[:3])
-                note = f"{len(o.conflicts)} repeated with other money, not stored: {shown}"
+                conflicts = f"{len(o.conflicts)} repeated with other money, not stored: {shown}"
+                note = f"{note}; {conflicts}" if note else conflicts
             note = note.replace("|", "\\|").replace("\n", " ")
             lines.append(f"| {o.source} | {o.name} | {o.state} | {o.movements} | {o.duplicates} | {note} |")
     else:

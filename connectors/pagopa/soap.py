@@ -275,7 +275,7 @@ class NodeSoapClient:
         schema = wsdl_schemas(str(self._wsdl_path)).get(name.namespace or "")
         if schema is None:
             raise PagopaSchemaError(f"unexpected answer element {payload[0].tag}", operation=operation)
-        if not schema.validate(etree.ElementTree(copy.deepcopy(payload[0]))):
+        if not schema.validate(payload[0]):  # in place: an FR answer is tens of MB, not copied
             first = next(iter(schema.error_log))
             raise PagopaSchemaError(
                 f"answer invalid against {self.wsdl}: line {first.line}: {first.message}", operation=operation
