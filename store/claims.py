@@ -130,6 +130,18 @@ def lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big", signed=True)
 
 
+def try_serialize(session: Session, *, name: str) -> bool:
+    """Take the lock ``name`` until this transaction ends if nobody holds it; whether it was taken.
+
+    On PostgreSQL an advisory transaction lock, not waited for. On SQLite writers take turns anyway, so the
+    caller's own conditional writes decide, and this says yes.
+    """
+    if not _is_pg(session):
+        return True
+    taken = session.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": lock_key(name)}).scalar()
+    return bool(taken)
+
+
 def serialize(session: Session, *, name: str) -> None:
     """Hold the lock ``name`` until this transaction ends; a concurrent holder makes the caller wait.
 

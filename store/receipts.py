@@ -21,10 +21,10 @@ collections and the attempts closed.
 Two runs at once (two workers, or the daily cycle beside the scheduled ``receipts``) plan the same items; each
 item is claimed before pagoPA is asked (``claim_item``: ``recovery_claimed_until`` on its lines or attempts,
 set in one short transaction), so only one run asks and applies it; the other skips it. An item is claimed
-whole or not at all: on PostgreSQL the claim first takes a transaction-level advisory lock named after the
-item (its kind and first row), and a run that does not get it at once skips the item. Row locks with
-``SKIP LOCKED`` could split a two-line item between two runs, each asking pagoPA for the same receipt. The
-claim re-checks that the rows still wait (a line still NO_RECEIPT, an attempt still EXPIRED and due), so an
+whole or not at all: the claim first takes a lock named after the item (``store.claims.try_serialize``: a
+PostgreSQL advisory lock on its kind and first row), and a run that does not get it at once skips the item.
+Row locks with ``SKIP LOCKED`` could split a two-line item between two runs, each asking pagoPA for the same
+receipt. The claim re-checks that the rows still wait (a line still NO_RECEIPT, an attempt still EXPIRED and due), so an
 item recovered by one run (or an attempt it backed off) is not asked again by a run that planned it earlier.
 The claim is released with the outcome (``release_item``), or runs out after its lease if the worker dies.
 """
@@ -37,7 +37,7 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import and_, func, or_, update
+from sqlalchemy import and_, or_, update
 from sqlmodel import Session, col, select
 
 from models.payments import AttemptState, Collection, PaymentAttempt, ReceiptSource
@@ -47,6 +47,7 @@ from rules.backoff import squared_backoff
 from rules.positions import PAID_STATES
 from rules.receipts import ReceiptIn
 from rules.reporting import Candidate, FlowLine, decide_line
+from store.claims import try_serialize
 from store.payments import ReceiptOutcome, accept_receipt
 
 RECEIPT_OUTCOMES = (0, 4)  # FdR payStatus EXECUTED and STAND_IN: a receipt exists; 8/9 are paid without one
@@ -59,9 +60,6 @@ class RecoveryKind(StrEnum):
     LINE = "LINE"
     ATTEMPT = "ATTEMPT"
 
-
-# advisory lock keys of the items being claimed: a range per kind, far from other users of advisory locks
-_ITEM_LOCK = {RecoveryKind.LINE: 0x5046_0001 << 32, RecoveryKind.ATTEMPT: 0x5046_0002 << 32}
 
 
 class RecoveryItem(BaseModel):
@@ -183,11 +181,9 @@ def claim_item(
         ]
     claim_column = model.__table__.c.recovery_claimed_until
     free = _free(claim_column, now)
-    if session.get_bind().dialect.name == "postgresql" and item.ids:
-        # whole items only: the run that holds the item's lock claims all of its rows; the others skip it
-        key = _ITEM_LOCK[item.kind] + min(item.ids)
-        if not session.execute(select(func.pg_try_advisory_xact_lock(key))).scalar():
-            return None
+    # whole items only: the run that holds the item's lock claims all of its rows; the others skip it
+    if item.ids and not try_serialize(session, name=f"receipt-recovery:{item.kind}:{min(item.ids)}"):
+        return None
     claimed = session.execute(
         update(model)
         .where(col(model.id).in_(item.ids), *waiting, free)
