@@ -24,8 +24,9 @@ set in one short transaction), so only one run asks and applies it; the other sk
 whole or not at all: the claim first takes a lock named after the item (``store.claims.try_serialize``: a
 PostgreSQL advisory lock on its kind and first row), and a run that does not get it at once skips the item.
 Row locks with ``SKIP LOCKED`` could split a two-line item between two runs, each asking pagoPA for the same
-receipt. The claim re-checks that the rows still wait (a line still NO_RECEIPT, an attempt still EXPIRED and due), so an
-item recovered by one run (or an attempt it backed off) is not asked again by a run that planned it earlier.
+receipt. The claim re-checks that the rows still wait (a line still NO_RECEIPT, an attempt still EXPIRED and
+due), so an item recovered by one run (or an attempt it backed off) is not asked again by a run that planned
+it earlier.
 The claim is released with the outcome (``release_item``), or runs out after its lease if the worker dies.
 """
 
